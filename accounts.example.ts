@@ -1,0 +1,43 @@
+/**
+ * Example relay configuration. Copy to `accounts.ts`, edit, then check it with
+ * `deno check accounts.ts` (types) and `deno task start` (validation at load).
+ *
+ * Secrets never need to sit in this file: `env("RELAY_…")` reads a variable when the
+ * relay starts (the start task may read `RELAY_*` variables only).
+ * Client passwords are stored as hashes: `deno task hash-password`.
+ */
+import { defineConfig, env } from "./src/config/mod.ts";
+
+/** One hash shared by the computed accounts below (each may have its own). */
+const TEAM_PASSWORD_HASH =
+  "scrypt$16384$8$1$ce6WAgAiOjgmLYvUtONCjg==$sjkbAqoW7qVNBRO3kvIUbRJH3SzzCJ3VR1klK5htRKQ=";
+
+/** Mailboxes of one Microsoft 365 tenant, each with its refresh token in the environment. */
+const support = ["alice", "bob", "carol"].map((name) => ({
+  email: `${name}@example.com`,
+  provider: { type: "microsoft", tenant: "example.com" } as const,
+  clientId: "00000000-0000-0000-0000-000000000000",
+  // Public client (no secret): Microsoft allows it for device-code apps.
+  refreshToken: env(`RELAY_${name.toUpperCase()}_REFRESH_TOKEN`),
+  passwordHash: TEAM_PASSWORD_HASH,
+}));
+
+export default defineConfig({
+  // Defaults shown; every field of these three blocks may be left out.
+  smtp: { host: "127.0.0.1", port: 2525, maxRecipients: 100 },
+  http: { host: "127.0.0.1", port: 9090 },
+  stateDir: "./state",
+  accounts: [
+    {
+      email: "sales@example.org",
+      provider: "google",
+      clientId: "1234567890-abc.apps.googleusercontent.com",
+      clientSecret: env("RELAY_GOOGLE_CLIENT_SECRET"),
+      refreshToken: env("RELAY_SALES_REFRESH_TOKEN"),
+      passwordHash:
+        "scrypt$16384$8$1$ZmFrZS1zYWx0LWZvci1kb2M=$5nZ9bVq8Q0u3Yp0m2c1qH0wq3k2Jm1f5o5b8d3m9x1I=",
+      maxConnections: 3,
+    },
+    ...support,
+  ],
+});

@@ -1,0 +1,147 @@
+/**
+ * Start-up wiring, the one place where the layers meet:
+ * config → ingress → relay → tokens → upstream, plus metrics and the HTTP listener.
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import type { RelayConfig } from "./config/load.ts";
+import { DEFAULTS } from "./config/defaults.ts";
+import { startIngress } from "./ingress/server.ts";
+import { Relay, type RelayAccount } from "./relay/relay.ts";
+import { AccountTokens, type RefreshOutcome } from "./tokens/manager.ts";
+import { FileTokenStore } from "./tokens/store.ts";
+import { UpstreamPool } from "./upstream/pool.ts";
+import { Metrics } from "./metrics.ts";
+import { startHttp } from "./http.ts";
+
+/** A running relay. */
+export interface RunningRelay {
+  /** SMTP listener address. */
+  readonly smtp: { host: string; port: number };
+  /** HTTP listener address. */
+  readonly http: { host: string; port: number };
+  /** The metrics (tests and the demo read them). */
+  readonly metrics: Metrics;
+  /** Stops listeners and closes upstream pools. */
+  close(): Promise<void>;
+}
+
+const log = getLogger(["relay", "app"]);
+const tokenLog = getLogger(["relay", "tokens"]);
+
+/** Starts everything the config describes. */
+export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
+  await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const store = new FileTokenStore(config.stateDir);
+  const tokenSets: AccountTokens[] = [];
+  const pools: UpstreamPool[] = [];
+  const metrics = new Metrics(() => tokenSets.map((t) => t.state));
+
+  const accounts: RelayAccount[] = config.accounts.map((a) => {
+    const onRefresh = (outcome: RefreshOutcome) => {
+      metrics.tokenRefreshed(outcome);
+      logRefresh(a.email, outcome);
+    };
+    const tokens = new AccountTokens({
+      account: a.email,
+      client: {
+        tokenUrl: a.provider.tokenUrl,
+        clientId: a.clientId,
+        clientSecret: a.clientSecret,
+        scope: a.provider.scope,
+      },
+      configRefreshToken: a.refreshToken,
+      store,
+      marginMs: config.tokens.refreshMarginSeconds * 1000,
+      timeoutMs: config.tokens.timeoutMs,
+      onRefresh,
+    });
+    const pool = new UpstreamPool(
+      {
+        user: a.email,
+        host: a.provider.smtpHost,
+        port: a.provider.smtpPort,
+        tls: a.provider.tls,
+        ca: a.provider.ca,
+        ehloName: config.smtp.name,
+        maxConnections: a.maxConnections,
+        messagesPerConnection: DEFAULTS.upstreamMessagesPerConnection,
+        connectTimeoutMs: DEFAULTS.upstreamConnectTimeoutMs,
+        socketTimeoutMs: DEFAULTS.upstreamSocketTimeoutMs,
+        idleTimeoutMs: DEFAULTS.upstreamIdleTimeoutMs,
+      },
+      (renew) => renew ? tokens.renew() : tokens.get(),
+      metrics,
+    );
+    tokenSets.push(tokens);
+    pools.push(pool);
+    return {
+      email: a.email,
+      passwordHash: a.passwordHash,
+      token: () => tokens.get(),
+      send: (m) => pool.send(m),
+    };
+  });
+
+  const relay = new Relay(accounts, metrics);
+  const ingress = await startIngress({
+    host: config.smtp.host,
+    port: config.smtp.port,
+    name: config.smtp.name,
+    maxMessageSize: config.smtp.maxMessageSize,
+    maxRecipients: config.smtp.maxRecipients,
+    idleTimeoutMs: DEFAULTS.clientIdleTimeoutMs,
+    backend: relay,
+    observer: metrics,
+    onError: (err) => log.error("internal error: {error}", { error: String(err) }),
+  });
+  let listening = true;
+  const http = await startHttp({
+    host: config.http.host,
+    port: config.http.port,
+    registry: metrics.registry,
+    readiness: () => ({
+      listening,
+      accounts: {
+        total: tokenSets.length,
+        ok: tokenSets.filter((t) => t.state === "ok").length,
+        failing: tokenSets.filter((t) => t.state === "failing").length,
+      },
+    }),
+  });
+  log.info("SMTP on {smtp}, metrics on {http}, {accounts} accounts", {
+    smtp: `${ingress.address.host}:${ingress.address.port}`,
+    http: `${http.address.host}:${http.address.port}`,
+    accounts: accounts.length,
+  });
+
+  return {
+    smtp: ingress.address,
+    http: http.address,
+    metrics,
+    async close() {
+      listening = false;
+      await ingress.close();
+      for (const pool of pools) pool.close();
+      await http.close();
+    },
+  };
+}
+
+function logRefresh(account: string, o: RefreshOutcome): void {
+  if (!o.ok) {
+    tokenLog.warn("token refresh failed for {account}: {error}", {
+      account,
+      error: o.error?.message,
+      kind: o.error?.kind,
+    });
+    return;
+  }
+  if (o.persistError) {
+    tokenLog.error(
+      "rotated refresh token for {account} could not be saved ({error}); it is kept in memory only",
+      { account, error: o.persistError },
+    );
+  }
+  tokenLog.debug("token refreshed for {account}", { account, rotated: o.rotated });
+}

@@ -1,0 +1,148 @@
+/**
+ * Loads `accounts.ts`: imports the module, validates its default export and resolves
+ * provider presets. Any problem becomes a {@link ConfigError} listing every field at fault.
+ * @module
+ */
+import { pathToFileURL } from "node:url";
+import { resolve } from "node:path";
+import { z } from "zod";
+import { configSchema, type ParsedAccount, type ParsedConfig } from "./schema.ts";
+import {
+  GOOGLE,
+  microsoft,
+  OUTLOOK,
+  type ProviderEndpoints,
+  SANDBOX_DEFAULTS,
+} from "./providers.ts";
+import { SANDBOX_CA_PEM } from "../sandbox/tls.ts";
+
+/** One validated account with its provider resolved. */
+export interface AccountConfig {
+  /** Mailbox address as configured. */
+  readonly email: string;
+  /** Where tokens and mail go. */
+  readonly provider: ProviderEndpoints;
+  /** OAuth2 client id. */
+  readonly clientId: string;
+  /** OAuth2 client secret, absent for public clients. */
+  readonly clientSecret?: string;
+  /** Refresh token from the config (a persisted rotated one wins, see tokens/store). */
+  readonly refreshToken: string;
+  /** scrypt hash of the client password. */
+  readonly passwordHash: string;
+  /** Cap on concurrent upstream connections. */
+  readonly maxConnections: number;
+}
+
+/** A validated config: defaults applied, secrets resolved, presets expanded. */
+export interface RelayConfig extends Omit<ParsedConfig, "accounts"> {
+  /** The accounts, in config order. */
+  readonly accounts: readonly AccountConfig[];
+}
+
+/** A config that cannot be used; `problems` has one line per field at fault. */
+export class ConfigError extends Error {
+  /** Lines such as `accounts[2].provider.tenant: expected a tenant id`. */
+  readonly problems: readonly string[];
+  /** Builds the error from its problem lines. */
+  constructor(problems: readonly string[]) {
+    super(`invalid configuration:\n${problems.join("\n")}`);
+    this.name = "ConfigError";
+    this.problems = problems;
+  }
+}
+
+/** Imports the config module at `path` and validates its default export. */
+export async function loadConfig(path: string): Promise<RelayConfig> {
+  const url = pathToFileURL(resolve(path)).href;
+  let mod: { default?: unknown };
+  try {
+    mod = await import(url);
+  } catch (err) {
+    throw new ConfigError([`${path}: cannot load module: ${firstLine(err)}`]);
+  }
+  if (mod.default === undefined) {
+    throw new ConfigError([
+      `${path}: expected a default export (export default defineConfig({ ... }))`,
+    ]);
+  }
+  return parseConfig(await mod.default);
+}
+
+/** Validates a config object (the default export of a config module). */
+export function parseConfig(input: unknown): RelayConfig {
+  const result = configSchema.safeParse(input);
+  if (!result.success) throw new ConfigError(result.error.issues.flatMap(describeIssue));
+  return resolveConfig(result.data);
+}
+
+function resolveConfig(parsed: ParsedConfig): RelayConfig {
+  return { ...parsed, accounts: parsed.accounts.map(resolveAccount) };
+}
+
+function resolveAccount(a: ParsedAccount): AccountConfig {
+  const provider = resolveProvider(a.provider);
+  return {
+    email: a.email,
+    provider,
+    clientId: a.clientId,
+    clientSecret: a.clientSecret,
+    refreshToken: a.refreshToken,
+    passwordHash: a.passwordHash,
+    maxConnections: a.maxConnections ?? provider.maxConnections,
+  };
+}
+
+function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {
+  switch (p.type) {
+    case "google":
+      return GOOGLE;
+    case "microsoft":
+      return microsoft(p.tenant);
+    case "outlook":
+      return OUTLOOK;
+    case "custom":
+      return {
+        kind: "custom",
+        tokenUrl: p.tokenUrl,
+        scope: p.scope,
+        smtpHost: p.smtpHost,
+        smtpPort: p.smtpPort,
+        tls: p.tls,
+        maxConnections: p.maxConnections ?? 5,
+      };
+    case "sandbox":
+      return {
+        kind: "sandbox",
+        tokenUrl: p.tokenUrl ?? SANDBOX_DEFAULTS.tokenUrl,
+        scope: SANDBOX_DEFAULTS.scope,
+        smtpHost: p.smtpHost ?? SANDBOX_DEFAULTS.smtpHost,
+        smtpPort: p.smtpPort ?? SANDBOX_DEFAULTS.smtpPort,
+        tls: "starttls",
+        ca: SANDBOX_CA_PEM,
+        maxConnections: SANDBOX_DEFAULTS.maxConnections,
+      };
+  }
+}
+
+/** `accounts[0].provider.tenant: expected …` */
+function describeIssue(issue: z.core.$ZodIssue): string[] {
+  if (issue.code === "unrecognized_keys") {
+    return issue.keys.map((k) => `${formatPath([...issue.path, k])}: unknown field`);
+  }
+  return [`${formatPath(issue.path) || "(config)"}: ${issue.message}`];
+}
+
+function formatPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const part of path) {
+    if (typeof part === "number") out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out;
+}
+
+function firstLine(err: unknown): string {
+  const text = err instanceof Error ? err.message : String(err);
+  return text.split("\n")[0];
+}

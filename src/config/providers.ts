@@ -1,0 +1,74 @@
+/**
+ * Provider presets: where each provider's token endpoint and SMTP server are, which
+ * scope to ask for, and the per-account connection cap it tolerates.
+ * @module
+ */
+
+/** How the relay protects its upstream SMTP connection. */
+export type UpstreamTls = "starttls" | "implicit";
+
+/** A provider, resolved: everything the token client and the upstream pool need. */
+export interface ProviderEndpoints {
+  /** Preset name, for logs and metrics. */
+  readonly kind: "google" | "microsoft" | "outlook" | "custom" | "sandbox";
+  /** OAuth2 token endpoint (refresh_token grant). */
+  readonly tokenUrl: string;
+  /** Scope sent with each refresh. */
+  readonly scope: string;
+  /** SMTP host, connected to by name. */
+  readonly smtpHost: string;
+  /** SMTP port. */
+  readonly smtpPort: number;
+  /** STARTTLS (required, never downgraded) or TLS from the first byte. */
+  readonly tls: UpstreamTls;
+  /** Extra CA certificates (PEM) trusted for this provider, on top of the system's. */
+  readonly ca?: string;
+  /** Default cap on concurrent upstream connections per account. */
+  readonly maxConnections: number;
+}
+
+/** Google Workspace / Gmail. Gmail tolerates ~10 concurrent SMTP sessions per user. */
+export const GOOGLE: ProviderEndpoints = {
+  kind: "google",
+  tokenUrl: "https://oauth2.googleapis.com/token",
+  scope: "https://mail.google.com/",
+  smtpHost: "smtp.gmail.com",
+  smtpPort: 587,
+  tls: "starttls",
+  maxConnections: 5,
+};
+
+const MICROSOFT_SCOPE = "https://outlook.office.com/SMTP.Send offline_access";
+
+/** Microsoft 365 for a tenant (id, domain, `organizations` or `common`). 3 connections per mailbox. */
+export function microsoft(tenant: string): ProviderEndpoints {
+  return {
+    kind: "microsoft",
+    tokenUrl: `https://login.microsoftonline.com/${encodeURIComponent(tenant)}/oauth2/v2.0/token`,
+    scope: MICROSOFT_SCOPE,
+    smtpHost: "smtp.office365.com",
+    smtpPort: 587,
+    tls: "starttls",
+    maxConnections: 3,
+  };
+}
+
+/** Outlook.com / Hotmail consumer accounts. */
+export const OUTLOOK: ProviderEndpoints = {
+  kind: "outlook",
+  tokenUrl: "https://login.microsoftonline.com/consumers/oauth2/v2.0/token",
+  scope: MICROSOFT_SCOPE,
+  smtpHost: "smtp-mail.outlook.com",
+  smtpPort: 587,
+  tls: "starttls",
+  maxConnections: 3,
+};
+
+/** Where the built-in sandbox provider listens by default (`deno task demo`). */
+export const SANDBOX_DEFAULTS = {
+  tokenUrl: "http://127.0.0.1:2580/token",
+  smtpHost: "localhost",
+  smtpPort: 2587,
+  scope: "https://sandbox.localhost/smtp",
+  maxConnections: 5,
+} as const;

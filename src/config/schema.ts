@@ -1,0 +1,183 @@
+/**
+ * The shape of `accounts.ts`, checked twice: by `deno check` through the types
+ * exported here, and at load time by the schema, which names the field that is wrong.
+ * @module
+ */
+import { z } from "zod";
+import { DEFAULTS } from "./defaults.ts";
+
+/** A reference to an environment variable holding a secret; see {@link env}. */
+export interface EnvRef {
+  /** Name of the environment variable. */
+  readonly env: string;
+}
+
+/** A secret given inline or, better, as an {@link EnvRef}. */
+export type Secret = string | EnvRef;
+
+/**
+ * Reads a secret from an environment variable when the config is loaded, so no secret
+ * has to sit in `accounts.ts`. The relay's start task may read only `RELAY_*` variables.
+ *
+ * @example
+ * ```ts
+ * refreshToken: env("RELAY_SALES_REFRESH_TOKEN"),
+ * ```
+ */
+export function env(name: string): EnvRef {
+  return { env: name };
+}
+
+const secret = z.union([
+  text("expected a non-empty string"),
+  z.object({ env: text("expected a variable name") }).strict(),
+], { error: 'expected a string or env("NAME")' }).transform((value, ctx) => {
+  if (typeof value === "string") return value;
+  let found: string | undefined;
+  try {
+    found = Deno.env.get(value.env);
+  } catch {
+    ctx.issues.push({
+      code: "custom",
+      input: value,
+      message:
+        `environment variable ${value.env} may not be read (start flags allow --allow-env=RELAY_* only)`,
+    });
+    return z.NEVER;
+  }
+  if (found === undefined || found === "") {
+    ctx.issues.push({
+      code: "custom",
+      input: value,
+      message: `environment variable ${value.env} is not set`,
+    });
+    return z.NEVER;
+  }
+  return found;
+});
+
+/** A non-empty string; `expected` is the whole message for both wrong type and empty. */
+function text(expected: string) {
+  return z.string({ error: expected }).min(1, expected);
+}
+
+const port = z.int("expected an integer port").min(0, "expected a port 0-65535")
+  .max(65535, "expected a port 0-65535");
+const host = text("expected a host name or IP address");
+const positiveInt = z.int("expected an integer").positive("expected a positive integer");
+
+const hostname = z.string({ error: "expected a host name" }).regex(
+  /^[A-Za-z0-9.-]+$/,
+  "expected a host name (letters, digits, dots, hyphens)",
+);
+
+const provider = z.preprocess(
+  (value) => typeof value === "string" ? { type: value } : value,
+  z.discriminatedUnion("type", [
+    z.object({ type: z.literal("google") }).strict(),
+    z.object({
+      type: z.literal("microsoft"),
+      /** Tenant id or domain, or `organizations` / `common`. */
+      tenant: text("expected a tenant id, domain, 'organizations' or 'common'"),
+    }).strict(),
+    z.object({ type: z.literal("outlook") }).strict(),
+    z.object({
+      type: z.literal("custom"),
+      tokenUrl: z.url({ protocol: /^https$/, error: "expected an https:// URL" }),
+      scope: text("expected the OAuth2 scope to request"),
+      smtpHost: hostname,
+      smtpPort: port,
+      tls: z.enum(["starttls", "implicit"], { error: "expected 'starttls' or 'implicit'" }),
+      maxConnections: positiveInt.optional(),
+    }).strict(),
+    z.object({
+      type: z.literal("sandbox"),
+      tokenUrl: z.url({ protocol: /^https?$/, error: "expected an http(s):// URL" }).optional(),
+      smtpHost: hostname.optional(),
+      smtpPort: port.optional(),
+    }).strict(),
+  ], {
+    error: "expected 'google', 'outlook', { type: 'microsoft', tenant }, " +
+      "{ type: 'custom', ... } or { type: 'sandbox' }",
+  }),
+);
+
+const account = z.object({
+  /** The mailbox: XOAUTH2 user upstream and the username clients log in with. */
+  email: z.email("expected an email address"),
+  /** Provider preset. */
+  provider,
+  /** OAuth2 client (application) id. */
+  clientId: text("expected the OAuth2 client id"),
+  /** OAuth2 client secret; leave out for public clients (Microsoft). */
+  clientSecret: secret.optional(),
+  /** Refresh token; a rotated one persisted in the state directory takes precedence. */
+  refreshToken: secret,
+  /** Hash of the password SMTP clients use, from `deno task hash-password`. */
+  passwordHash: z.string({ error: "expected a hash from `deno task hash-password`" }).regex(
+    /^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/,
+    "expected a hash from `deno task hash-password` (scrypt$N$r$p$salt$hash)",
+  ),
+  /** Cap on concurrent upstream connections for this account (provider default otherwise). */
+  maxConnections: positiveInt.optional(),
+}).strict();
+
+/** The runtime schema of a whole config module's default export. */
+export const configSchema = z.object({
+  /** SMTP listener for clients. */
+  smtp: z.object({
+    host: host.default(DEFAULTS.smtpHost),
+    port: port.default(DEFAULTS.smtpPort),
+    name: hostname.default(DEFAULTS.serverName),
+    maxMessageSize: positiveInt.default(DEFAULTS.maxMessageSize),
+    maxRecipients: positiveInt.default(DEFAULTS.maxRecipients),
+  }).strict().prefault({}),
+  /** HTTP listener for /metrics, /healthz and /readyz. */
+  http: z.object({
+    host: host.default(DEFAULTS.httpHost),
+    port: port.default(DEFAULTS.httpPort),
+  }).strict().prefault({}),
+  /** Where rotated refresh tokens are kept. */
+  stateDir: text("expected a directory path").default(DEFAULTS.stateDir),
+  /** Token handling. */
+  tokens: z.object({
+    refreshMarginSeconds: z.int("expected an integer").min(0, "expected seconds >= 0")
+      .default(DEFAULTS.refreshMarginSeconds),
+    timeoutMs: positiveInt.default(DEFAULTS.tokenTimeoutMs),
+  }).strict().prefault({}),
+  /** The accounts the relay sends for. */
+  accounts: z.array(account, "expected an array of accounts").min(
+    1,
+    "expected at least one account",
+  ),
+}).strict().superRefine((config, ctx) => {
+  const seen = new Map<string, number>();
+  config.accounts.forEach((a, i) => {
+    const key = a.email.toLowerCase();
+    const first = seen.get(key);
+    if (first !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["accounts", i, "email"],
+        message: `expected a unique address, ${a.email} is also accounts[${first}]`,
+      });
+    } else seen.set(key, i);
+  });
+});
+
+/** What `accounts.ts` default-exports (before defaults are applied). */
+export type RelayConfigInput = z.input<typeof configSchema>;
+/** One account as written in `accounts.ts`. */
+export type AccountInput = RelayConfigInput["accounts"][number];
+/** A validated config with defaults applied and secrets resolved. */
+export type ParsedConfig = z.output<typeof configSchema>;
+/** A validated account. */
+export type ParsedAccount = ParsedConfig["accounts"][number];
+
+/**
+ * Identity function that gives `accounts.ts` its types, so `deno check accounts.ts`
+ * catches a misspelt field before the relay ever starts.
+ */
+export function defineConfig(config: RelayConfigInput): RelayConfigInput {
+  return config;
+}

@@ -1,0 +1,182 @@
+/**
+ * The relay: the {@link Backend} behind the ingress. It finds the account a client
+ * logged in as, gets the account a fresh access token, hands the message to the
+ * account's upstream pool and turns the outcome into an honest SMTP reply.
+ * @module
+ */
+import { getLogger } from "@logtape/logtape";
+import type { Backend, Peer, Principal, Transaction } from "../ingress/backend.ts";
+import { formatReply, type Reply, reply } from "../smtp/reply.ts";
+import type { OutgoingMessage, UpstreamResult } from "../upstream/pool.ts";
+import { TokenError } from "../tokens/oauth.ts";
+import { PasswordVerifier, verifyNobody } from "./password.ts";
+
+/** How one message ended, as counted in metrics. */
+export type MessageResult =
+  | "delivered"
+  | "partial"
+  | "rejected"
+  | "deferred"
+  | "upstream_auth"
+  | "token_error"
+  | "unreachable";
+
+/** The parts of an account the relay uses. */
+export interface RelayAccount {
+  /** Mailbox address; clients log in with it (case-insensitive). */
+  readonly email: string;
+  /** scrypt hash of the client password. */
+  readonly passwordHash: string;
+  /** A valid access token, or a {@link TokenError}. */
+  readonly token: () => Promise<unknown>;
+  /** Sends one message upstream. */
+  readonly send: (message: OutgoingMessage) => Promise<UpstreamResult>;
+}
+
+/** Receives every message outcome (metrics). */
+export interface RelayObserver {
+  /** One message is done. */
+  messageDone(result: MessageResult, seconds: number, refusedRecipients: number): void;
+}
+
+interface Entry extends Principal {
+  readonly account: RelayAccount;
+  readonly verifier: PasswordVerifier;
+}
+
+const log = getLogger(["relay", "message"]);
+const MAX_REPLY_TEXT = 400;
+
+/** Implements {@link Backend} over a set of accounts. */
+export class Relay implements Backend {
+  readonly #accounts = new Map<string, Entry>();
+  readonly #observer?: RelayObserver;
+
+  /** `accounts` must have unique addresses (the config loader checks). */
+  constructor(accounts: Iterable<RelayAccount>, observer?: RelayObserver) {
+    for (const account of accounts) {
+      this.#accounts.set(account.email.toLowerCase(), {
+        name: account.email,
+        account,
+        verifier: new PasswordVerifier(account.passwordHash),
+      });
+    }
+    this.#observer = observer;
+  }
+
+  /** Same answer, same cost, for an unknown user and a wrong password. */
+  async authenticate(username: string, password: string, _peer: Peer) {
+    const entry = this.#accounts.get(username.trim().toLowerCase());
+    if (!entry) {
+      await verifyNobody(password);
+      return undefined;
+    }
+    return await entry.verifier.verify(password) ? entry : undefined;
+  }
+
+  /** Delivers upstream and answers with what the provider said. */
+  async deliver(principal: Principal, tx: Transaction): Promise<Reply> {
+    const started = performance.now();
+    const entry = principal as Entry;
+    const outcome = await this.#attempt(entry.account, tx);
+    const seconds = (performance.now() - started) / 1000;
+    this.#observer?.messageDone(outcome.result, seconds, outcome.refused);
+    const props = {
+      account: entry.account.email,
+      result: outcome.result,
+      size: tx.message.length,
+      recipients: tx.to.length,
+      refused: outcome.refused,
+      reply: formatReply(outcome.reply),
+      durationMs: Math.round(seconds * 1000),
+    };
+    const line =
+      "{result} {account} {size} bytes {recipients} rcpt ({refused} refused): {reply} in {durationMs} ms";
+    if (outcome.result === "delivered") log.info(line, props);
+    else log.warn(line, props);
+    return outcome.reply;
+  }
+
+  async #attempt(account: RelayAccount, tx: Transaction) {
+    try {
+      await account.token();
+    } catch (err) {
+      return tokenFailure(err);
+    }
+    const result = await account.send({ from: tx.from, to: tx.to, raw: tx.message });
+    return fromUpstream(result, tx.to.length);
+  }
+}
+
+interface Outcome {
+  readonly result: MessageResult;
+  readonly reply: Reply;
+  readonly refused: number;
+}
+
+function tokenFailure(err: unknown): Outcome {
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof TokenError && err.kind === "permanent") {
+    return {
+      result: "token_error",
+      reply: reply(454, "4.7.0", `Account needs re-authorization: ${message}`),
+      refused: 0,
+    };
+  }
+  return {
+    result: "token_error",
+    reply: reply(451, "4.4.3", `Cannot get an access token, try again later: ${message}`),
+    refused: 0,
+  };
+}
+
+function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
+  switch (r.kind) {
+    case "sent": {
+      const upstream = `upstream said: ${formatReply(r.reply)}`;
+      if (r.rejected.length === 0) {
+        return { result: "delivered", reply: reply(250, "2.0.0", `OK, ${upstream}`), refused: 0 };
+      }
+      const refused = r.rejected.map((x) => `<${x.recipient}> ${x.reply.code} ${x.reply.enhanced}`)
+        .join(", ");
+      const accepted = recipients - r.rejected.length;
+      return {
+        result: "partial",
+        reply: reply(
+          250,
+          "2.0.0",
+          clip(`Delivered to ${accepted} of ${recipients} recipients; refused: ${refused}`),
+        ),
+        refused: r.rejected.length,
+      };
+    }
+    case "refused":
+      return {
+        result: r.reply.code >= 500 ? "rejected" : "deferred",
+        reply: reply(r.reply.code, r.reply.enhanced, clip(r.reply.text)),
+        refused: 0,
+      };
+    case "auth":
+      return {
+        result: "upstream_auth",
+        reply: reply(
+          454,
+          "4.7.0",
+          clip(`Provider refused the relay's token, try again later: ${formatReply(r.reply)}`),
+        ),
+        refused: 0,
+      };
+    case "token":
+      return tokenFailure(r.error);
+    case "unreachable":
+      return {
+        result: "unreachable",
+        reply: reply(451, "4.4.1", clip(`Provider unreachable, try again later: ${r.detail}`)),
+        refused: 0,
+      };
+  }
+}
+
+function clip(text: string): string {
+  return text.length > MAX_REPLY_TEXT ? `${text.slice(0, MAX_REPLY_TEXT - 3)}...` : text;
+}

@@ -1,0 +1,233 @@
+/**
+ * Upstream delivery for one account: a nodemailer pool speaking STARTTLS (or implicit
+ * TLS) with certificate checks and AUTH XOAUTH2, over sockets the relay opens itself by
+ * host name with TCP_NODELAY. Outcomes come back as data ({@link UpstreamResult}).
+ * @module
+ */
+import net from "node:net";
+import { Buffer } from "node:buffer";
+import nodemailer from "nodemailer";
+import type { NodemailerError, SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
+import { parseReply, type Reply, reply } from "../smtp/reply.ts";
+import type { UpstreamTls } from "../config/providers.ts";
+
+/** Where and how one account's mail goes. */
+export interface UpstreamTarget {
+  /** Mailbox address: the XOAUTH2 user. */
+  readonly user: string;
+  /** SMTP host name (connected to by name, so host:port permissions suffice). */
+  readonly host: string;
+  /** SMTP port. */
+  readonly port: number;
+  /** STARTTLS (required) or implicit TLS. */
+  readonly tls: UpstreamTls;
+  /** Extra trusted CA certificates (PEM); the system store otherwise. */
+  readonly ca?: string;
+  /** Name sent in EHLO. */
+  readonly ehloName: string;
+  /** Most connections open at once. */
+  readonly maxConnections: number;
+  /** Messages per connection before it is replaced. */
+  readonly messagesPerConnection: number;
+  /** Connect + greeting timeout, ms. */
+  readonly connectTimeoutMs: number;
+  /** Wait for any single reply, ms. */
+  readonly socketTimeoutMs: number;
+  /** Idle pooled connections are closed after this, ms. */
+  readonly idleTimeoutMs: number;
+}
+
+/** Hands out access tokens; `renew` means the provider refused the last one. */
+export type TokenProvider = (renew: boolean) => Promise<{ token: string; useUntil: number }>;
+
+/** Counts sockets, for the upstream connection gauge. */
+export interface UpstreamObserver {
+  /** A socket to the provider connected. */
+  connectionOpened(): void;
+  /** A socket to the provider closed. */
+  connectionClosed(): void;
+}
+
+/** A recipient the provider refused while accepting others. */
+export interface RejectedRecipient {
+  /** The address. */
+  readonly recipient: string;
+  /** The provider's reply to its RCPT. */
+  readonly reply: Reply;
+}
+
+/** What happened to one message upstream. */
+export type UpstreamResult =
+  | {
+    /** The provider accepted the message for at least one recipient. */
+    readonly kind: "sent";
+    /** The provider's final reply. */
+    readonly reply: Reply;
+    /** Recipients it refused. */
+    readonly rejected: readonly RejectedRecipient[];
+  }
+  | {
+    /** The provider replied 4xx/5xx to the envelope or the message. */
+    readonly kind: "refused";
+    /** That reply, as the provider worded it. */
+    readonly reply: Reply;
+  }
+  | {
+    /** The provider refused our access token, also after one renewal. */
+    readonly kind: "auth";
+    /** Its reply. */
+    readonly reply: Reply;
+  }
+  | {
+    /** No access token could be had (the token provider threw this). */
+    readonly kind: "token";
+    /** The token provider's error. */
+    readonly error: Error;
+  }
+  | {
+    /** Connection, TLS or timeout failure: nothing is known to be delivered. */
+    readonly kind: "unreachable";
+    /** Secret-free description. */
+    readonly detail: string;
+  };
+
+/** One message to send. */
+export interface OutgoingMessage {
+  /** MAIL FROM address ("" for the null sender). */
+  readonly from: string;
+  /** RCPT TO addresses. */
+  readonly to: readonly string[];
+  /** The message exactly as the client sent it (after dot-unstuffing). */
+  readonly raw: Uint8Array;
+}
+
+/** A marker so token failures are told apart from nodemailer's own errors. */
+class TokenUnavailable extends Error {
+  readonly reason: Error;
+  constructor(reason: Error) {
+    super(reason.message);
+    this.reason = reason;
+  }
+}
+
+/** The pooled upstream of one account. */
+export class UpstreamPool {
+  readonly #transport: Transporter<SMTPPoolSentMessageInfo>;
+
+  /** Creates the pool; connections open on demand. */
+  constructor(target: UpstreamTarget, tokens: TokenProvider, observer?: UpstreamObserver) {
+    this.#transport = nodemailer.createTransport({
+      pool: true,
+      host: target.host,
+      port: target.port,
+      secure: target.tls === "implicit",
+      requireTLS: target.tls === "starttls",
+      ignoreTLS: false,
+      tls: {
+        servername: target.host,
+        rejectUnauthorized: true,
+        minVersion: "TLSv1.2",
+        ...(target.ca ? { ca: target.ca } : {}),
+      },
+      name: target.ehloName,
+      auth: { type: "OAuth2", user: target.user },
+      maxConnections: target.maxConnections,
+      maxMessages: target.messagesPerConnection,
+      idleTimeout: target.idleTimeoutMs,
+      connectionTimeout: target.connectTimeoutMs,
+      greetingTimeout: target.connectTimeoutMs,
+      socketTimeout: target.socketTimeoutMs,
+      disableFileAccess: true,
+      disableUrlAccess: true,
+      logger: false,
+      getSocket: (_options: unknown, callback: SocketCallback) =>
+        openSocket(target, observer, callback),
+    });
+    this.#transport.set(
+      "oauth2_provision_cb",
+      (
+        _user: string,
+        renew: boolean,
+        cb: (err: Error | null, token?: string, exp?: number) => void,
+      ) =>
+        tokens(renew).then(
+          (t) => cb(null, t.token, t.useUntil),
+          (err) => cb(new TokenUnavailable(err instanceof Error ? err : new Error(String(err)))),
+        ),
+    );
+  }
+
+  /** Sends one message; never throws. */
+  async send(message: OutgoingMessage): Promise<UpstreamResult> {
+    try {
+      const info = await this.#transport.sendMail({
+        envelope: { from: message.from, to: [...message.to] },
+        raw: Buffer.from(message.raw.buffer, message.raw.byteOffset, message.raw.byteLength),
+      });
+      const errors: NodemailerError[] = info.rejectedErrors ?? [];
+      return {
+        kind: "sent",
+        reply: parseReply(info.response) ?? reply(250, "2.0.0", info.response),
+        rejected: errors.map((e) => ({
+          recipient: e.recipient ?? "",
+          reply: replyOf(e) ?? reply(550, "5.0.0", "recipient refused"),
+        })),
+      };
+    } catch (err) {
+      return classify(err);
+    }
+  }
+
+  /** Closes pooled connections (QUIT where possible). */
+  close(): void {
+    this.#transport.close();
+  }
+}
+
+type SocketCallback = (err: Error | null, socketOptions?: { connection: net.Socket }) => void;
+
+function openSocket(
+  target: UpstreamTarget,
+  observer: UpstreamObserver | undefined,
+  callback: SocketCallback,
+): void {
+  const socket = net.connect({ host: target.host, port: target.port });
+  socket.setNoDelay(true);
+  const fail = (err: Error) => callback(err);
+  socket.once("error", fail);
+  socket.once("connect", () => {
+    socket.off("error", fail);
+    observer?.connectionOpened();
+    socket.once("close", () => observer?.connectionClosed());
+    callback(null, { connection: socket });
+  });
+}
+
+function replyOf(err: NodemailerError): Reply | undefined {
+  if (err.response) {
+    const parsed = parseReply(err.response);
+    if (parsed) return parsed;
+  }
+  if (err.responseCode) {
+    return reply(err.responseCode, `${Math.floor(err.responseCode / 100)}.0.0`, err.message);
+  }
+  return undefined;
+}
+
+function classify(err: unknown): UpstreamResult {
+  if (err instanceof TokenUnavailable) return { kind: "token", error: err.reason };
+  const e = err as NodemailerError;
+  if (e?.code === "EAUTH") {
+    return { kind: "auth", reply: replyOf(e) ?? reply(535, "5.7.8", "authentication failed") };
+  }
+  if (e?.code === "EENVELOPE" && e.rejectedErrors?.length) {
+    const first = replyOf(e.rejectedErrors[0]);
+    if (first) return { kind: "refused", reply: first };
+  }
+  if (typeof e?.responseCode === "number" && e.responseCode >= 400) {
+    const r = replyOf(e);
+    if (r) return { kind: "refused", reply: r };
+  }
+  const detail = [e?.code, e?.message?.split("\n")[0]].filter(Boolean).join(": ");
+  return { kind: "unreachable", detail: detail || "connection failed" };
+}

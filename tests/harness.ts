@@ -1,0 +1,153 @@
+/**
+ * Test harness: the sandbox provider plus a relay in this process, wired over real
+ * loopback sockets, and nodemailer clients pointed at the relay.
+ * @module
+ */
+import nodemailer from "nodemailer";
+import type { SMTPSentMessageInfo, Transporter } from "nodemailer";
+import { parseConfig, type RelayConfig } from "../src/config/load.ts";
+import { type RunningRelay, startRelay } from "../src/app.ts";
+import { type Sandbox, type SandboxOptions, startSandbox } from "../src/sandbox/mod.ts";
+import { hashPassword } from "../src/relay/password.ts";
+
+/** One test account: what the sandbox knows and what the client logs in with. */
+export interface TestAccount {
+  email: string;
+  password: string;
+  clientId: string;
+  clientSecret: string;
+  refreshToken: string;
+}
+
+/** Client password used by every test account (hash computed once). */
+export const PASSWORD = "correct horse battery staple";
+let passwordHash: Promise<string> | undefined;
+
+/** Options for {@link startHarness}. */
+export interface HarnessOptions {
+  /** Number of accounts (default 1). */
+  accounts?: number;
+  /** Sandbox options. */
+  sandbox?: SandboxOptions;
+  /** Overrides merged into the relay config object before validation. */
+  config?: Record<string, unknown>;
+  /** Reuse this state directory (restart tests). */
+  stateDir?: string;
+}
+
+/** A running sandbox + relay. */
+export interface Harness {
+  sandbox: Sandbox;
+  relay: RunningRelay;
+  config: RelayConfig;
+  accounts: TestAccount[];
+  stateDir: string;
+  /** A nodemailer client logged in as `account` (PLAIN unless `method` says LOGIN). */
+  client(
+    account?: TestAccount,
+    options?: { password?: string; method?: "PLAIN" | "LOGIN"; pool?: boolean },
+  ): Transporter<SMTPSentMessageInfo>;
+  /** Scrapes /metrics. */
+  metrics(): Promise<string>;
+  /** Stops the relay, then the sandbox; removes the state directory unless kept. */
+  close(options?: { keepState?: boolean }): Promise<void>;
+}
+
+/** Makes test accounts with random refresh tokens. */
+export function makeAccounts(n: number): TestAccount[] {
+  return Array.from({ length: n }, (_, i) => ({
+    email: `user${i}@example.com`,
+    password: PASSWORD,
+    clientId: `client-${i}.apps.example`,
+    clientSecret: `client-secret-${crypto.randomUUID()}`,
+    refreshToken: `refresh-${crypto.randomUUID()}`,
+  }));
+}
+
+/** The config object (as `accounts.ts` would export it) for accounts on a sandbox. */
+export async function sandboxConfig(
+  sandbox: Sandbox,
+  accounts: TestAccount[],
+  stateDir: string,
+  extra: Record<string, unknown> = {},
+): Promise<Record<string, unknown>> {
+  passwordHash ??= hashPassword(PASSWORD);
+  const hash = await passwordHash;
+  return {
+    smtp: { port: 0 },
+    http: { port: 0 },
+    stateDir,
+    accounts: accounts.map((a) => ({
+      email: a.email,
+      provider: { type: "sandbox", tokenUrl: sandbox.tokenUrl, smtpPort: sandbox.smtpPort },
+      clientId: a.clientId,
+      clientSecret: a.clientSecret,
+      refreshToken: a.refreshToken,
+      passwordHash: hash,
+    })),
+    ...extra,
+  };
+}
+
+/** Starts a sandbox and a relay configured for it. */
+export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
+  const sandbox = await startSandbox(options.sandbox);
+  const accounts = makeAccounts(options.accounts ?? 1);
+  for (const a of accounts) sandbox.addAccount(a);
+  const stateDir = options.stateDir ?? await Deno.makeTempDir({ prefix: "relay-test-" });
+  const config = parseConfig(await sandboxConfig(sandbox, accounts, stateDir, options.config));
+  const relay = await startRelay(config);
+  const clients: Transporter[] = [];
+  return {
+    sandbox,
+    relay,
+    config,
+    accounts,
+    stateDir,
+    client(account = accounts[0], o = {}) {
+      const t = nodemailer.createTransport({
+        host: "127.0.0.1",
+        port: relay.smtp.port,
+        secure: false,
+        ignoreTLS: true,
+        pool: o.pool ?? false,
+        maxConnections: 50,
+        name: "client.test",
+        auth: {
+          user: account.email,
+          pass: o.password ?? account.password,
+          method: o.method ?? "PLAIN",
+        },
+        logger: false,
+      });
+      clients.push(t);
+      return t as Transporter<SMTPSentMessageInfo>;
+    },
+    async metrics() {
+      const r = await fetch(`http://127.0.0.1:${relay.http.port}/metrics`);
+      return await r.text();
+    },
+    async close(o = {}) {
+      for (const c of clients) c.close();
+      await relay.close();
+      await sandbox.close();
+      if (!o.keepState && !options.stateDir) await Deno.remove(stateDir, { recursive: true });
+    },
+  };
+}
+
+/** The value of one metric line (`name{labels} value`), 0 when absent. */
+export function metricValue(text: string, series: string): number {
+  for (const line of text.split("\n")) {
+    if (line.startsWith(series + " ")) return Number(line.slice(series.length + 1));
+  }
+  return 0;
+}
+
+/** A raw message with CRLF line endings. */
+export function rawMessage(from: string, to: string, body: string, subject = "test"): Uint8Array {
+  const head = `From: <${from}>\r\nTo: <${to}>\r\nSubject: ${subject}\r\n` +
+    `Message-ID: <${crypto.randomUUID()}@test>\r\nMIME-Version: 1.0\r\n` +
+    `Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n`;
+  return new TextEncoder().encode(head + body);
+}
