@@ -5,6 +5,8 @@
  */
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig, type RelayConfig } from "./config/load.ts";
+// Loaded up front so that accounts.ts can import it under --allow-read=./accounts.ts.
+import "./config/mod.ts";
 import { startRelay } from "./app.ts";
 import { type LogFormat, setupLogging } from "./log.ts";
 import { hashPassword } from "./relay/password.ts";

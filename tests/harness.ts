@@ -98,7 +98,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const config = parseConfig(await sandboxConfig(sandbox, accounts, stateDir, options.config));
   const relay = await startRelay(config);
   const clients: Transporter[] = [];
-  return {
+  const h: Harness = {
     sandbox,
     relay,
     config,
@@ -107,7 +107,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     client(account = accounts[0], o = {}) {
       const t = nodemailer.createTransport({
         host: "127.0.0.1",
-        port: relay.smtp.port,
+        port: h.relay.smtp.port,
         secure: false,
         ignoreTLS: true,
         pool: o.pool ?? false,
@@ -124,16 +124,17 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       return t as Transporter<SMTPSentMessageInfo>;
     },
     async metrics() {
-      const r = await fetch(`http://127.0.0.1:${relay.http.port}/metrics`);
+      const r = await fetch(`http://127.0.0.1:${h.relay.http.port}/metrics`);
       return await r.text();
     },
     async close(o = {}) {
       for (const c of clients) c.close();
-      await relay.close();
+      await h.relay.close();
       await sandbox.close();
       if (!o.keepState && !options.stateDir) await Deno.remove(stateDir, { recursive: true });
     },
   };
+  return h;
 }
 
 /** The value of one metric line (`name{labels} value`), 0 when absent. */

@@ -145,7 +145,7 @@ const USAGE = `Usage: deno run --allow-net=127.0.0.1 src/sandbox/mod.ts [options
   --no-rotate      keep refresh tokens valid instead of rotating them
   --help           show this help`;
 
-/** Runs a sandbox until Ctrl-C, logging accepted messages (never tokens). */
+/** Runs a sandbox until Ctrl-C or SIGTERM, logging accepted messages (never tokens). */
 async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -188,6 +188,7 @@ async function main(args: string[]): Promise<void> {
   }
   const stop = async () => {
     Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", stop);
     const { token, smtp } = sandbox.stats;
     console.log(
       `stopping: ${token.refreshes} refreshes, ${smtp.authSuccesses} AUTH ok, ` +
@@ -196,6 +197,7 @@ async function main(args: string[]): Promise<void> {
     await sandbox.close();
   };
   Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
 }
 
 if (import.meta.main) {

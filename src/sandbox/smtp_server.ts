@@ -74,6 +74,8 @@ export interface SmtpStats {
   authSuccesses: number;
   /** AUTH attempts that ended in any other reply (530, 535, 432). */
   authFailures: number;
+  /** Socket and TLS errors, e.g. clients that reject the certificate. */
+  errors: number;
 }
 
 /** Options of {@link SandboxSmtpServer.start}. */
@@ -130,6 +132,7 @@ export class SandboxSmtpServer {
     connections: 0,
     authSuccesses: 0,
     authFailures: 0,
+    errors: 0,
   };
 
   readonly #server: SMTPServer;
@@ -175,6 +178,9 @@ export class SandboxSmtpServer {
         this.#sessions.delete(session.id);
       },
     });
+    // Without a listener, a client failing the TLS handshake (e.g. one that
+    // does not trust the sandbox CA) would crash the process.
+    this.#server.on("error", () => this.stats.errors++);
   }
 
   /** Starts listening on 127.0.0.1 (needs `--allow-net=127.0.0.1`). */
