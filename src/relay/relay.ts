@@ -153,7 +153,7 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
     case "refused":
       return {
         result: r.reply.code >= 500 ? "rejected" : "deferred",
-        reply: reply(r.reply.code, r.reply.enhanced, clip(r.reply.text)),
+        reply: reply(clientCode(r.reply.code), r.reply.enhanced, clip(r.reply.text)),
         refused: 0,
       };
     case "auth":
@@ -175,6 +175,17 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
         refused: 0,
       };
   }
+}
+
+/**
+ * The code to pass on for a provider's refusal. 5xx and the usual 4xx pass unchanged;
+ * other 4xx become 451 (a provider's 421 must not close the client's session, and
+ * Microsoft's 432 is no reply a client expects after DATA). The enhanced code and
+ * the text stay the provider's.
+ */
+function clientCode(code: number): number {
+  if (code >= 500 || code === 450 || code === 451 || code === 452) return code;
+  return 451;
 }
 
 function clip(text: string): string {

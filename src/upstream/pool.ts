@@ -217,17 +217,22 @@ function replyOf(err: NodemailerError): Reply | undefined {
 function classify(err: unknown): UpstreamResult {
   if (err instanceof TokenUnavailable) return { kind: "token", error: err.reason };
   const e = err as NodemailerError;
+  const code = e?.responseCode;
   if (e?.code === "EAUTH") {
-    return { kind: "auth", reply: replyOf(e) ?? reply(535, "5.7.8", "authentication failed") };
-  }
-  if (e?.code === "EENVELOPE" && e.rejectedErrors?.length) {
-    const first = replyOf(e.rejectedErrors[0]);
-    if (first) return { kind: "refused", reply: first };
-  }
-  if (typeof e?.responseCode === "number" && e.responseCode >= 400) {
+    // 535/534/530 (or no reply at all): the token was refused, after nodemailer's renewal.
+    // Any other reply (Microsoft's 432 4.3.2 connection limit, say) is the provider's word.
     const r = replyOf(e);
+    if (r && code !== undefined && code >= 400 && ![530, 534, 535].includes(code)) {
+      return { kind: "refused", reply: r };
+    }
+    return { kind: "auth", reply: r ?? reply(535, "5.7.8", "authentication failed") };
+  }
+  if ((e?.code === "EENVELOPE" || e?.code === "EMESSAGE") && code !== undefined && code >= 400) {
+    const first = e.rejectedErrors?.length ? replyOf(e.rejectedErrors[0]) : undefined;
+    const r = first ?? replyOf(e);
     if (r) return { kind: "refused", reply: r };
   }
+  // Connection, TLS (including a server without STARTTLS), greeting and protocol failures.
   const detail = [e?.code, e?.message?.split("\n")[0]].filter(Boolean).join(": ");
   return { kind: "unreachable", detail: detail || "connection failed" };
 }

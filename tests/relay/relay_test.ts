@@ -215,6 +215,16 @@ Deno.test("provider replies reach the client with their codes", async (t) => {
       const r = await send(h, raw);
       assert.equal(r.response, "451 4.3.0 Try again later");
     });
+    await t.step("421 becomes 451 and the client's session stays open", async () => {
+      h.sandbox.smtpFaults.rejectData = "421 4.7.0 Too busy, closing";
+      h.sandbox.smtpFaults.rejectDataCount = 1;
+      const client = h.client(undefined, { pool: true });
+      const first = await send(h, raw, undefined, client);
+      assert.equal(first.response, "451 4.7.0 Too busy, closing");
+      const second = await send(h, raw, undefined, client);
+      assert.ok(second.ok, second.response);
+      h.sandbox.received.length = 0;
+    });
     await t.step("550 to the only recipient", async () => {
       h.sandbox.smtpFaults.rejectRecipients.set("gone@example.net", "550 5.1.1 No such user");
       const r = await send(h, raw, ["gone@example.net"]);
@@ -232,7 +242,7 @@ Deno.test("provider replies reach the client with their codes", async (t) => {
     });
     const metrics = await h.metrics();
     assert.equal(metricValue(metrics, 'smtp_relay_messages_total{result="rejected"}'), 2);
-    assert.equal(metricValue(metrics, 'smtp_relay_messages_total{result="deferred"}'), 1);
+    assert.equal(metricValue(metrics, 'smtp_relay_messages_total{result="deferred"}'), 2);
     assert.equal(metricValue(metrics, 'smtp_relay_messages_total{result="partial"}'), 1);
     assert.equal(metricValue(metrics, "smtp_relay_recipients_refused_total"), 1);
   } finally {
