@@ -26,8 +26,8 @@ export interface AccountConfig {
   readonly clientId: string;
   /** OAuth2 client secret, absent for public clients. */
   readonly clientSecret?: string;
-  /** Refresh token from the config (a persisted rotated one wins, see tokens/store). */
-  readonly refreshToken: string;
+  /** Refresh token from the config, if any (a persisted rotated one wins, see tokens/store). */
+  readonly refreshToken?: string;
   /** scrypt hash of the client password. */
   readonly passwordHash: string;
   /** Cap on concurrent upstream connections. */
@@ -105,16 +105,21 @@ function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {
       return {
         kind: "custom",
         tokenUrl: p.tokenUrl,
+        authorizeUrl: p.authorizeUrl,
+        deviceCodeUrl: p.deviceCodeUrl,
         scope: p.scope,
         smtpHost: p.smtpHost,
         smtpPort: p.smtpPort,
         tls: p.tls,
         maxConnections: p.maxConnections ?? 5,
       };
-    case "sandbox":
+    case "sandbox": {
+      const tokenUrl = p.tokenUrl ?? SANDBOX_DEFAULTS.tokenUrl;
       return {
         kind: "sandbox",
-        tokenUrl: p.tokenUrl ?? SANDBOX_DEFAULTS.tokenUrl,
+        tokenUrl,
+        authorizeUrl: new URL(SANDBOX_DEFAULTS.authorizePath, tokenUrl).href,
+        deviceCodeUrl: new URL(SANDBOX_DEFAULTS.deviceCodePath, tokenUrl).href,
         scope: SANDBOX_DEFAULTS.scope,
         smtpHost: p.smtpHost ?? SANDBOX_DEFAULTS.smtpHost,
         smtpPort: p.smtpPort ?? SANDBOX_DEFAULTS.smtpPort,
@@ -122,6 +127,7 @@ function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {
         ca: SANDBOX_CA_PEM,
         maxConnections: SANDBOX_DEFAULTS.maxConnections,
       };
+    }
   }
 }
 

@@ -13,6 +13,10 @@ export interface ProviderEndpoints {
   readonly kind: "google" | "microsoft" | "outlook" | "custom" | "sandbox";
   /** OAuth2 token endpoint (refresh_token grant). */
   readonly tokenUrl: string;
+  /** Authorization endpoint for the authorization-code + PKCE flow (`authorize`). */
+  readonly authorizeUrl?: string;
+  /** Device authorization endpoint for the device-code flow (`authorize`). */
+  readonly deviceCodeUrl?: string;
   /** Scope sent with each refresh. */
   readonly scope: string;
   /** SMTP host, connected to by name. */
@@ -31,6 +35,8 @@ export interface ProviderEndpoints {
 export const GOOGLE: ProviderEndpoints = {
   kind: "google",
   tokenUrl: "https://oauth2.googleapis.com/token",
+  // Google has no device-code flow for Gmail scopes: PKCE with a loopback redirect only.
+  authorizeUrl: "https://accounts.google.com/o/oauth2/auth",
   scope: "https://mail.google.com/",
   smtpHost: "smtp.gmail.com",
   smtpPort: 587,
@@ -42,9 +48,12 @@ const MICROSOFT_SCOPE = "https://outlook.office.com/SMTP.Send offline_access";
 
 /** Microsoft 365 for a tenant (id, domain, `organizations` or `common`). 3 connections per mailbox. */
 export function microsoft(tenant: string): ProviderEndpoints {
+  const base = `https://login.microsoftonline.com/${encodeURIComponent(tenant)}/oauth2/v2.0`;
   return {
     kind: "microsoft",
-    tokenUrl: `https://login.microsoftonline.com/${encodeURIComponent(tenant)}/oauth2/v2.0/token`,
+    tokenUrl: `${base}/token`,
+    authorizeUrl: `${base}/authorize`,
+    deviceCodeUrl: `${base}/devicecode`,
     scope: MICROSOFT_SCOPE,
     smtpHost: "smtp.office365.com",
     smtpPort: 587,
@@ -57,6 +66,8 @@ export function microsoft(tenant: string): ProviderEndpoints {
 export const OUTLOOK: ProviderEndpoints = {
   kind: "outlook",
   tokenUrl: "https://login.microsoftonline.com/consumers/oauth2/v2.0/token",
+  authorizeUrl: "https://login.microsoftonline.com/consumers/oauth2/v2.0/authorize",
+  deviceCodeUrl: "https://login.microsoftonline.com/consumers/oauth2/v2.0/devicecode",
   scope: MICROSOFT_SCOPE,
   smtpHost: "smtp-mail.outlook.com",
   smtpPort: 587,
@@ -67,6 +78,8 @@ export const OUTLOOK: ProviderEndpoints = {
 /** Where the built-in sandbox provider listens by default (`deno task demo`). */
 export const SANDBOX_DEFAULTS = {
   tokenUrl: "http://127.0.0.1:2580/token",
+  authorizePath: "/authorize",
+  deviceCodePath: "/devicecode",
   smtpHost: "localhost",
   smtpPort: 2587,
   scope: "https://sandbox.localhost/smtp",

@@ -84,6 +84,8 @@ const provider = z.preprocess(
     z.object({
       type: z.literal("custom"),
       tokenUrl: z.url({ protocol: /^https$/, error: "expected an https:// URL" }),
+      authorizeUrl: z.url({ protocol: /^https$/, error: "expected an https:// URL" }).optional(),
+      deviceCodeUrl: z.url({ protocol: /^https$/, error: "expected an https:// URL" }).optional(),
       scope: text("expected the OAuth2 scope to request"),
       smtpHost: hostname,
       smtpPort: port,
@@ -111,8 +113,11 @@ const account = z.object({
   clientId: text("expected the OAuth2 client id"),
   /** OAuth2 client secret; leave out for public clients (Microsoft). */
   clientSecret: secret.optional(),
-  /** Refresh token; a rotated one persisted in the state directory takes precedence. */
-  refreshToken: secret,
+  /**
+   * Refresh token. May be left out once `authorize` stored one in the state directory;
+   * a rotated one persisted there takes precedence while this value stays the same.
+   */
+  refreshToken: secret.optional(),
   /** Hash of the password SMTP clients use, from `deno task hash-password`. */
   passwordHash: z.string({ error: "expected a hash from `deno task hash-password`" }).regex(
     /^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/,

@@ -24,8 +24,8 @@ export interface AccountTokensOptions {
   readonly account: string;
   /** Token endpoint and client credentials. */
   readonly client: OAuthClient;
-  /** The refresh token written in the config. */
-  readonly configRefreshToken: string;
+  /** The refresh token written in the config, if any. */
+  readonly configRefreshToken?: string;
   /** Where rotated refresh tokens go. */
   readonly store: TokenStore;
   /** Tokens are refreshed this long before expiry, in ms. */
@@ -48,8 +48,12 @@ export interface RefreshOutcome {
   readonly persistError?: string;
 }
 
-/** Fingerprint of a refresh token: enough to notice a change, useless to an attacker. */
-export function fingerprint(refreshToken: string): string {
+/**
+ * Fingerprint of the config's refresh token: enough to notice a change, useless to an
+ * attacker. `""` when the config has none.
+ */
+export function fingerprint(refreshToken: string | undefined): string {
+  if (refreshToken === undefined) return "";
   return createHash("sha256").update(refreshToken).digest("hex").slice(0, 16);
 }
 
@@ -138,12 +142,21 @@ export class AccountTokens {
     return token;
   }
 
-  /** The persisted token, unless the config's token changed since it was stored. */
+  /**
+   * The persisted token, unless the config's token changed since it was stored (the
+   * operator put a new one there). Without either, the account needs `authorize`.
+   */
   async #initialRefreshToken(): Promise<string> {
+    const configured = this.#o.configRefreshToken;
     const stored = await this.#o.store.load(this.#o.account);
-    if (stored && stored.configFingerprint === fingerprint(this.#o.configRefreshToken)) {
+    if (stored && stored.configFingerprint === fingerprint(configured)) {
       return stored.refreshToken;
     }
-    return this.#o.configRefreshToken;
+    if (configured !== undefined) return configured;
+    throw new TokenError(
+      "no refresh token in the config or the state directory: run `deno task authorize`",
+      "permanent",
+      "no_refresh_token",
+    );
   }
 }

@@ -1,0 +1,37 @@
+/**
+ * Helpers shared by the commands: usage errors and config loading with the
+ * "exit 2, one line per problem" contract.
+ * @module
+ */
+import { ConfigError, loadConfig, type RelayConfig } from "../config/load.ts";
+
+/** A command-line mistake: printed as one line, exit status 2. */
+export class UsageError extends Error {}
+
+/** Exit status for usage errors and invalid configs. */
+export const EXIT_USAGE = 2;
+
+/** Parses a port flag value; throws {@link UsageError} naming the flag. */
+export function parsePort(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 65535) {
+    throw new UsageError(`--${flag}: expected a port number 0-65535, got "${value}"`);
+  }
+  return n;
+}
+
+/**
+ * Loads the config module; on a {@link ConfigError} prints one line per problem to
+ * stderr and returns undefined (the caller exits with {@link EXIT_USAGE}).
+ */
+export async function loadConfigOrReport(path: string): Promise<RelayConfig | undefined> {
+  try {
+    return await loadConfig(path);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    console.error(`${path}: invalid configuration`);
+    for (const p of err.problems) console.error(`  ${p}`);
+    return undefined;
+  }
+}
