@@ -54,6 +54,12 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
       store,
       marginMs: config.tokens.refreshMarginSeconds * 1000,
       timeoutMs: config.tokens.timeoutMs,
+      retry: {
+        attempts: config.tokens.attempts,
+        baseMs: config.tokens.retryBaseMs,
+        maxMs: config.tokens.retryMaxMs,
+      },
+      reauthRecheckMs: config.tokens.reauthRecheckSeconds * 1000,
       onRefresh,
     });
     const pool = new UpstreamPool(
@@ -106,6 +112,7 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
         total: tokenSets.length,
         ok: tokenSets.filter((t) => t.state === "ok").length,
         failing: tokenSets.filter((t) => t.state === "failing").length,
+        needsReauth: tokenSets.filter((t) => t.state === "needs_reauth").length,
       },
     }),
   });
@@ -129,11 +136,19 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
 }
 
 function logRefresh(account: string, o: RefreshOutcome): void {
+  if (o.state === "needs_reauth") {
+    tokenLog.error(
+      "{account} needs re-authorization ({error}): run `deno task authorize --account {account}`",
+      { account, error: o.error?.message },
+    );
+    return;
+  }
   if (!o.ok) {
-    tokenLog.warn("token refresh failed for {account}: {error}", {
+    tokenLog.warn("token refresh failed for {account} after {attempts} attempts: {error}", {
       account,
       error: o.error?.message,
-      kind: o.error?.kind,
+      attempts: o.attempts,
+      background: o.background,
     });
     return;
   }

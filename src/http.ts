@@ -13,6 +13,7 @@ export interface Readiness {
     readonly total: number;
     readonly ok: number;
     readonly failing: number;
+    readonly needsReauth: number;
   };
 }
 
@@ -41,7 +42,7 @@ export interface HttpServer {
  * thousand must not take the relay out of a load balancer; `/readyz` shows the counts.
  */
 export function isReady(r: Readiness): boolean {
-  return r.listening && r.accounts.total > r.accounts.failing;
+  return r.listening && r.accounts.total > r.accounts.failing + r.accounts.needsReauth;
 }
 
 /** Starts the HTTP listener. */

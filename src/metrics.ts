@@ -73,7 +73,12 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
       labelNames: ["state"],
       registers,
       collect() {
-        const counts: Record<TokenState, number> = { unknown: 0, ok: 0, failing: 0 };
+        const counts: Record<TokenState, number> = {
+          unknown: 0,
+          ok: 0,
+          failing: 0,
+          needs_reauth: 0,
+        };
         for (const s of accountStates()) counts[s]++;
         for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
       },

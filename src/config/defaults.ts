@@ -28,6 +28,14 @@ export const DEFAULTS = {
   refreshMarginSeconds: 300,
   /** Time allowed to one token endpoint call, in ms. */
   tokenTimeoutMs: 15_000,
+  /** Attempts per refresh when the token endpoint fails transiently (5xx, 429, network). */
+  tokenAttempts: 3,
+  /** First retry delay, ms; doubled per attempt with full jitter. */
+  tokenRetryBaseMs: 500,
+  /** Longest retry delay (and longest Retry-After honoured), ms. */
+  tokenRetryMaxMs: 10_000,
+  /** An account that needs re-authorization is retried (store, then endpoint) this often, s. */
+  reauthRecheckSeconds: 60,
   /** Time allowed to open an upstream TCP connection and get its greeting, in ms. */
   upstreamConnectTimeoutMs: 30_000,
   /** Idle time allowed on an upstream connection while waiting for a reply, in ms. */

@@ -149,6 +149,10 @@ export const configSchema = z.object({
     refreshMarginSeconds: z.int("expected an integer").min(0, "expected seconds >= 0")
       .default(DEFAULTS.refreshMarginSeconds),
     timeoutMs: positiveInt.default(DEFAULTS.tokenTimeoutMs),
+    attempts: positiveInt.default(DEFAULTS.tokenAttempts),
+    retryBaseMs: positiveInt.default(DEFAULTS.tokenRetryBaseMs),
+    retryMaxMs: positiveInt.default(DEFAULTS.tokenRetryMaxMs),
+    reauthRecheckSeconds: positiveInt.default(DEFAULTS.reauthRecheckSeconds),
   }).strict().prefault({}),
   /** The accounts the relay sends for. */
   accounts: z.array(account, "expected an array of accounts").min(

@@ -119,7 +119,11 @@ function tokenFailure(err: unknown): Outcome {
   if (err instanceof TokenError && err.kind === "permanent") {
     return {
       result: "token_error",
-      reply: reply(454, "4.7.0", `Account needs re-authorization: ${message}`),
+      reply: reply(
+        454,
+        "4.7.0",
+        clip(`Account needs re-authorization by the relay operator (${message})`),
+      ),
       refused: 0,
     };
   }

@@ -1,6 +1,8 @@
 /**
  * Access tokens for one account: cached until shortly before expiry, refreshed once
- * however many messages ask at the same time, rotated refresh tokens persisted at once.
+ * however many messages ask at the same time, refreshed ahead of expiry while the
+ * account is in use, retried with backoff on transient failures, and parked in
+ * `needs_reauth` when the provider says the refresh token is dead.
  * @module
  */
 import { createHash } from "node:crypto";
@@ -15,8 +17,22 @@ export interface AccessToken {
   readonly useUntil: number;
 }
 
-/** Health of an account's tokens, as far as the relay knows. */
-export type TokenState = "unknown" | "ok" | "failing";
+/**
+ * Health of an account's tokens: `unknown` before the first refresh, `ok`, `failing`
+ * (the latest refresh failed transiently), `needs_reauth` (the refresh token is dead or
+ * missing; only `authorize` or a new token in the config helps).
+ */
+export type TokenState = "unknown" | "ok" | "failing" | "needs_reauth";
+
+/** Retry policy of one refresh. */
+export interface RetryPolicy {
+  /** Attempts per refresh, first included. */
+  readonly attempts: number;
+  /** First backoff, ms; doubled per attempt, with full jitter. */
+  readonly baseMs: number;
+  /** No single wait is longer; a longer Retry-After ends the refresh instead. */
+  readonly maxMs: number;
+}
 
 /** Settings for {@link AccountTokens}. */
 export interface AccountTokensOptions {
@@ -28,25 +44,45 @@ export interface AccountTokensOptions {
   readonly configRefreshToken?: string;
   /** Where rotated refresh tokens go. */
   readonly store: TokenStore;
-  /** Tokens are refreshed this long before expiry, in ms. */
+  /** Tokens are refreshed this long before expiry, in ms (at least {@link MIN_LIFETIME_MS}). */
   readonly marginMs: number;
   /** Time allowed to one token call, in ms. */
   readonly timeoutMs: number;
-  /** Called after every refresh attempt. */
+  /** Retries of transient failures. */
+  readonly retry: RetryPolicy;
+  /** In `needs_reauth`, the store and the endpoint are tried again at most this often, ms. */
+  readonly reauthRecheckMs: number;
+  /** Called after every refresh (not every attempt). */
   readonly onRefresh?: (outcome: RefreshOutcome) => void;
 }
 
-/** What one refresh attempt did, for metrics and logs (no secrets). */
+/** What one refresh did, for metrics and logs (no secrets). */
 export interface RefreshOutcome {
   /** Whether a new access token was obtained. */
   readonly ok: boolean;
   /** Why not. */
   readonly error?: TokenError;
+  /** State after the refresh. */
+  readonly state: TokenState;
+  /** HTTP attempts made. */
+  readonly attempts: number;
+  /** Refreshed ahead of expiry, with a valid token still in hand. */
+  readonly background: boolean;
   /** The provider issued a new refresh token. */
   readonly rotated: boolean;
   /** Writing the rotated refresh token failed: it lives in memory only until the next try. */
   readonly persistError?: string;
 }
+
+/**
+ * No token is handed out with less than this left: Microsoft's high-volume endpoint
+ * refuses tokens close to expiry. (A token whose whole lifetime is under twice this is
+ * used for half its life.)
+ */
+export const MIN_LIFETIME_MS = 120_000;
+
+/** Share of a token's usable life after which use triggers a background refresh. */
+const REFRESH_AHEAD_AT = 0.75;
 
 /**
  * Fingerprint of the config's refresh token: enough to notice a change, useless to an
@@ -57,35 +93,55 @@ export function fingerprint(refreshToken: string | undefined): string {
   return createHash("sha256").update(refreshToken).digest("hex").slice(0, 16);
 }
 
+interface Cached extends AccessToken {
+  readonly refreshAt: number;
+}
+
+const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
+
 /** The token source of one account. */
 export class AccountTokens {
   readonly #o: AccountTokensOptions;
   #refreshToken?: string;
-  #cached?: AccessToken;
+  #cached?: Cached;
   #inflight?: Promise<AccessToken>;
   #state: TokenState = "unknown";
-  #lastError?: string;
+  #lastError?: TokenError;
+  #recheckAt = 0;
 
   /** Nothing is read or fetched until the first {@link get}. */
   constructor(options: AccountTokensOptions) {
     this.#o = options;
   }
 
-  /** `unknown` before the first refresh, then `ok` or `failing` after the latest. */
+  /** Current state; see {@link TokenState}. */
   get state(): TokenState {
     return this.#state;
   }
 
-  /** Message of the latest failed refresh (secret-free), cleared by a success. */
-  get lastError(): string | undefined {
+  /** The latest failure (secret-free), cleared by a success. */
+  get lastError(): TokenError | undefined {
     return this.#lastError;
   }
 
-  /** A token valid for at least the margin; refreshes (once, shared) when needed. */
+  /**
+   * A token with at least the margin left; refreshes (once, shared) when needed. While
+   * the account is in use, the next token is fetched in the background before this one
+   * runs out. In `needs_reauth` it fails at once, except for one recheck per interval.
+   */
   get(): Promise<AccessToken> {
+    const now = Date.now();
     const cached = this.#cached;
-    if (cached && cached.useUntil > Date.now()) return Promise.resolve(cached);
-    return this.#refresh();
+    if (cached && cached.useUntil > now) {
+      if (now >= cached.refreshAt && !this.#inflight) {
+        this.#refresh(true).catch(() => {}); // outcome reported through onRefresh
+      }
+      return Promise.resolve(cached);
+    }
+    if (this.#state === "needs_reauth" && now < this.#recheckAt && !this.#inflight) {
+      return Promise.reject(this.#lastError);
+    }
+    return this.#refresh(false);
   }
 
   /**
@@ -94,29 +150,58 @@ export class AccountTokens {
    */
   renew(): Promise<AccessToken> {
     this.#cached = undefined;
-    return this.#refresh();
+    return this.#refresh(false);
   }
 
-  #refresh(): Promise<AccessToken> {
-    this.#inflight ??= this.#doRefresh().finally(() => this.#inflight = undefined);
+  #refresh(background: boolean): Promise<AccessToken> {
+    this.#inflight ??= this.#doRefresh(background).finally(() => this.#inflight = undefined);
     return this.#inflight;
   }
 
-  async #doRefresh(): Promise<AccessToken> {
+  async #doRefresh(background: boolean): Promise<AccessToken> {
     const o = this.#o;
-    const current = this.#refreshToken ??= await this.#initialRefreshToken();
-    let grant;
+    let attempts = 0;
+    let invalidGrantRetried = false;
     try {
-      grant = await refreshAccessToken(o.client, current, o.timeoutMs);
+      // After a verdict of needs_reauth, `authorize` may have stored a new token.
+      if (this.#state === "needs_reauth") this.#refreshToken = undefined;
+      const current = this.#refreshToken ??= await this.#initialRefreshToken();
+      while (true) {
+        attempts++;
+        try {
+          const grant = await refreshAccessToken(o.client, current, o.timeoutMs);
+          return await this.#accept(grant, current, attempts, background);
+        } catch (err) {
+          const error = toTokenError(err);
+          // A single invalid_grant can be a provider hiccup: one more try before the verdict.
+          const retryGrant: boolean = error.oauthError === "invalid_grant" && !invalidGrantRetried;
+          if (error.kind === "permanent" && !retryGrant) throw error;
+          invalidGrantRetried ||= retryGrant;
+          const delay = backoff(o.retry, attempts, error.retryAfterMs);
+          if (attempts >= o.retry.attempts || delay === undefined) throw error;
+          await sleep(delay);
+        }
+      }
     } catch (err) {
-      const error = err instanceof TokenError
-        ? err
-        : new TokenError(`failed: ${String(err)}`, "transient");
-      this.#state = "failing";
-      this.#lastError = error.message;
-      o.onRefresh?.({ ok: false, error, rotated: false });
+      const error = toTokenError(err);
+      this.#lastError = error;
+      this.#state = error.kind === "permanent" ? "needs_reauth" : "failing";
+      if (this.#state === "needs_reauth") {
+        this.#cached = undefined;
+        this.#recheckAt = Date.now() + o.reauthRecheckMs;
+      }
+      o.onRefresh?.({ ok: false, error, state: this.#state, attempts, background, rotated: false });
       throw error;
     }
+  }
+
+  async #accept(
+    grant: { accessToken: string; expiresAt: number; refreshToken?: string },
+    current: string,
+    attempts: number,
+    background: boolean,
+  ): Promise<AccessToken> {
+    const o = this.#o;
     const rotated = grant.refreshToken !== undefined && grant.refreshToken !== current;
     let persistError: string | undefined;
     if (rotated) {
@@ -131,14 +216,19 @@ export class AccountTokens {
         persistError = err instanceof Error ? err.message : String(err);
       }
     }
+    const now = Date.now();
+    const lifetime = grant.expiresAt - now;
+    const margin = Math.min(Math.max(o.marginMs, MIN_LIFETIME_MS), lifetime / 2);
+    const useUntil = grant.expiresAt - margin;
+    const token: Cached = {
+      token: grant.accessToken,
+      useUntil,
+      refreshAt: now + (useUntil - now) * REFRESH_AHEAD_AT,
+    };
+    this.#cached = token;
     this.#state = "ok";
     this.#lastError = undefined;
-    // A token shorter-lived than twice the margin is used for half its life.
-    const now = Date.now();
-    const margin = Math.min(o.marginMs, (grant.expiresAt - now) / 2);
-    const token: AccessToken = { token: grant.accessToken, useUntil: grant.expiresAt - margin };
-    this.#cached = token;
-    o.onRefresh?.({ ok: true, rotated, persistError });
+    o.onRefresh?.({ ok: true, state: "ok", attempts, background, rotated, persistError });
     return token;
   }
 
@@ -154,9 +244,20 @@ export class AccountTokens {
     }
     if (configured !== undefined) return configured;
     throw new TokenError(
-      "no refresh token in the config or the state directory: run `deno task authorize`",
+      "no refresh token in the config or the state directory",
       "permanent",
       "no_refresh_token",
     );
   }
+}
+
+/** The wait before the next attempt, or undefined when a Retry-After is too long. */
+function backoff(p: RetryPolicy, attempt: number, retryAfterMs?: number): number | undefined {
+  if (retryAfterMs !== undefined) return retryAfterMs <= p.maxMs ? retryAfterMs : undefined;
+  return Math.random() * Math.min(p.maxMs, p.baseMs * 2 ** (attempt - 1));
+}
+
+function toTokenError(err: unknown): TokenError {
+  if (err instanceof TokenError) return err;
+  return new TokenError(`failed: ${err instanceof Error ? err.message : String(err)}`, "transient");
 }

@@ -38,14 +38,20 @@ export class TokenError extends Error {
   readonly kind: TokenErrorKind;
   /** OAuth2 error code (`invalid_grant`, …) when the endpoint sent one. */
   readonly oauthError?: string;
+  /** The endpoint's Retry-After, in ms, when it sent one. */
+  readonly retryAfterMs?: number;
   /** Builds the error. */
-  constructor(message: string, kind: TokenErrorKind, oauthError?: string) {
+  constructor(message: string, kind: TokenErrorKind, oauthError?: string, retryAfterMs?: number) {
     super(message);
     this.name = "TokenError";
     this.kind = kind;
     this.oauthError = oauthError;
+    this.retryAfterMs = retryAfterMs;
   }
 }
+
+/** Token responses larger than this are refused unread (a token response is < 10 KiB). */
+export const MAX_RESPONSE_BYTES = 256 * 1024;
 
 /** Lifetime assumed when a provider omits `expires_in`, in seconds. */
 const DEFAULT_LIFETIME_SECONDS = 3600;
@@ -70,11 +76,17 @@ export async function refreshAccessToken(
   const auth = client.clientSecret ? oauth.ClientSecretPost(client.clientSecret) : oauth.None();
   const signal = AbortSignal.timeout(timeoutMs);
   const started = Date.now();
+  let seen: { status: number; retryAfterMs?: number } | undefined;
   try {
     const response = await oauth.refreshTokenGrantRequest(as, c, auth, refreshToken, {
       signal,
       additionalParameters: { scope: client.scope },
       [oauth.allowInsecureRequests]: url.protocol === "http:",
+      [oauth.customFetch]: async (input, init) => {
+        const r = await boundedFetch(input, init);
+        seen = { status: r.status, retryAfterMs: retryAfter(r.headers.get("retry-after")) };
+        return r;
+      },
     });
     const body = await oauth.processRefreshTokenResponse(as, c, response);
     const lifetime = typeof body.expires_in === "number" && body.expires_in > 0
@@ -86,28 +98,86 @@ export async function refreshAccessToken(
       refreshToken: body.refresh_token,
     };
   } catch (err) {
-    throw toTokenError(err, signal, timeoutMs);
+    throw toTokenError(err, signal, timeoutMs, seen);
   }
 }
 
-function toTokenError(err: unknown, signal: AbortSignal, timeoutMs: number): TokenError {
+/** fetch, but a body over {@link MAX_RESPONSE_BYTES} is an error, not a memory spike. */
+async function boundedFetch(input: string | URL | Request, init?: RequestInit): Promise<Response> {
+  const response = await fetch(input, init);
+  const declared = Number(response.headers.get("content-length") ?? "0");
+  if (declared > MAX_RESPONSE_BYTES) {
+    await response.body?.cancel();
+    throw new TokenError(
+      `response too large (HTTP ${response.status}, ${declared} bytes)`,
+      "transient",
+    );
+  }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of response.body ?? []) {
+    size += chunk.length;
+    if (size > MAX_RESPONSE_BYTES) {
+      throw new TokenError(
+        `response too large (HTTP ${response.status}, over ${MAX_RESPONSE_BYTES} bytes)`,
+        "transient",
+      );
+    }
+    chunks.push(chunk);
+  }
+  return new Response(new Blob(chunks as BlobPart[]), {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
+
+/** Retry-After as ms: delta-seconds or an HTTP date. */
+function retryAfter(value: string | null): number | undefined {
+  if (!value) return undefined;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
+}
+
+function toTokenError(
+  err: unknown,
+  signal: AbortSignal,
+  timeoutMs: number,
+  seen: { status: number; retryAfterMs?: number } | undefined,
+): TokenError {
+  if (err instanceof TokenError) return err;
+  const retry = seen?.retryAfterMs;
   if (err instanceof oauth.ResponseBodyError) {
     const kind = PERMANENT.has(err.error) ? "permanent" : "transient";
     const description = err.error_description ? `: ${clip(err.error_description)}` : "";
-    return new TokenError(`${err.error}${description}`, kind, err.error);
+    return new TokenError(`${err.error}${description}`, kind, err.error, retry);
   }
   if (signal.aborted) return new TokenError(`no answer within ${timeoutMs} ms`, "transient");
-  if (err instanceof oauth.OperationProcessingError) {
-    const status = err.cause instanceof Response ? ` (HTTP ${err.cause.status})` : "";
-    return new TokenError(`unusable token response${status}: ${clip(err.message)}`, "transient");
+  const status = seen ? ` (HTTP ${seen.status})` : "";
+  if (seen && seen.status !== 200 && err instanceof oauth.OperationProcessingError) {
+    // No OAuth2 error body: a proxy or an outage, not a verdict on the refresh token.
+    return new TokenError(
+      `HTTP ${seen.status} from the token endpoint`,
+      "transient",
+      undefined,
+      retry,
+    );
+  }
+  if (err instanceof oauth.OperationProcessingError || err instanceof SyntaxError) {
+    const what = err instanceof SyntaxError ? "not JSON" : clip((err as Error).message);
+    return new TokenError(
+      `unusable token response${status}: ${what}`,
+      "transient",
+      undefined,
+      retry,
+    );
   }
   if (err instanceof TypeError) {
     return new TokenError(`unreachable: ${clip(err.message)}`, "transient");
   }
-  return new TokenError(
-    `failed: ${clip(err instanceof Error ? err.message : String(err))}`,
-    "transient",
-  );
+  const message = err instanceof Error ? err.message : String(err);
+  return new TokenError(`failed${status}: ${clip(message)}`, "transient", undefined, retry);
 }
 
 /** One line, at most 200 characters. */

@@ -160,25 +160,32 @@ Deno.test("recipients beyond the limit get 452 4.5.3", async () => {
 });
 
 Deno.test("token endpoint failures defer the message, nothing is delivered", async (t) => {
-  const h = await startHarness();
+  const h = await startHarness({ config: { tokens: { attempts: 2, retryBaseMs: 10 } } });
   try {
     const a = h.accounts[0];
     const raw = rawMessage(a.email, "r@example.net", "x\r\n");
-    await t.step("HTTP 500", async () => {
-      h.sandbox.tokenFaults.failNext = 1;
+    await t.step("HTTP 500 on every attempt", async () => {
+      h.sandbox.tokenFaults.failNext = 2;
       const r = await send(h, raw);
-      assert.match(r.response, /^451 4\.4\.3 Cannot get an access token, try again later: /);
+      assert.equal(
+        r.response,
+        "451 4.4.3 Cannot get an access token, try again later: HTTP 500 from the token endpoint",
+      );
       assert.equal(h.sandbox.received.length, 0);
     });
     await t.step("invalid_grant", async () => {
       h.sandbox.tokens.revoke(a.email);
       const r = await send(h, raw);
-      assert.match(r.response, /^454 4\.7\.0 Account needs re-authorization: invalid_grant/);
+      assert.match(
+        r.response,
+        /^454 4\.7\.0 Account needs re-authorization by the relay operator \(invalid_grant/,
+      );
       assert.equal(h.sandbox.received.length, 0);
     });
     const metrics = await h.metrics();
     assert.equal(metricValue(metrics, 'smtp_relay_messages_total{result="token_error"}'), 2);
     assert.equal(metricValue(metrics, 'smtp_relay_token_refreshes_total{result="failure"}'), 2);
+    assert.equal(metricValue(metrics, 'smtp_relay_accounts{state="needs_reauth"}'), 1);
     assert.equal(metricValue(metrics, 'smtp_relay_token_refreshes_total{result="success"}'), 0);
   } finally {
     await h.close();
