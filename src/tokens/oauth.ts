@@ -164,10 +164,9 @@ function toTokenError(
       retry,
     );
   }
-  if (err instanceof oauth.OperationProcessingError || err instanceof SyntaxError) {
-    const what = err instanceof SyntaxError ? "not JSON" : clip((err as Error).message);
+  if (err instanceof oauth.OperationProcessingError) {
     return new TokenError(
-      `unusable token response${status}: ${what}`,
+      `unusable token response${status}: ${clip(err.message)}`,
       "transient",
       undefined,
       retry,
