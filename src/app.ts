@@ -6,9 +6,10 @@
 import { getLogger } from "@logtape/logtape";
 import type { RelayConfig } from "./config/load.ts";
 import { DEFAULTS } from "./config/defaults.ts";
+import { accountTokens, upstreamTarget } from "./accounts.ts";
 import { startIngress } from "./ingress/server.ts";
 import { Relay, type RelayAccount } from "./relay/relay.ts";
-import { AccountTokens, type RefreshOutcome } from "./tokens/manager.ts";
+import type { AccountTokens, RefreshOutcome } from "./tokens/manager.ts";
 import { FileTokenStore } from "./tokens/store.ts";
 import { UpstreamPool } from "./upstream/pool.ts";
 import { Metrics } from "./metrics.ts";
@@ -42,40 +43,9 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
       metrics.tokenRefreshed(outcome);
       logRefresh(a.email, outcome);
     };
-    const tokens = new AccountTokens({
-      account: a.email,
-      client: {
-        tokenUrl: a.provider.tokenUrl,
-        clientId: a.clientId,
-        clientSecret: a.clientSecret,
-        scope: a.provider.scope,
-      },
-      configRefreshToken: a.refreshToken,
-      store,
-      marginMs: config.tokens.refreshMarginSeconds * 1000,
-      timeoutMs: config.tokens.timeoutMs,
-      retry: {
-        attempts: config.tokens.attempts,
-        baseMs: config.tokens.retryBaseMs,
-        maxMs: config.tokens.retryMaxMs,
-      },
-      reauthRecheckMs: config.tokens.reauthRecheckSeconds * 1000,
-      onRefresh,
-    });
+    const tokens = accountTokens(config, a, store, onRefresh);
     const pool = new UpstreamPool(
-      {
-        user: a.email,
-        host: a.provider.smtpHost,
-        port: a.provider.smtpPort,
-        tls: a.provider.tls,
-        ca: a.provider.ca,
-        ehloName: config.smtp.name,
-        maxConnections: a.maxConnections,
-        messagesPerConnection: DEFAULTS.upstreamMessagesPerConnection,
-        connectTimeoutMs: DEFAULTS.upstreamConnectTimeoutMs,
-        socketTimeoutMs: DEFAULTS.upstreamSocketTimeoutMs,
-        idleTimeoutMs: DEFAULTS.upstreamIdleTimeoutMs,
-      },
+      upstreamTarget(config, a),
       (renew) => renew ? tokens.renew() : tokens.get(),
       metrics,
     );

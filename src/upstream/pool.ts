@@ -178,6 +178,23 @@ export class UpstreamPool {
     }
   }
 
+  /**
+   * Connects, upgrades to TLS, authenticates with XOAUTH2 and quits, sending no mail
+   * (for `check --smtp`). `sent` with the provider's AUTH reply means it worked.
+   */
+  async verify(): Promise<UpstreamResult> {
+    try {
+      await this.#transport.verify();
+      return {
+        kind: "sent",
+        reply: reply(235, "2.7.0", "Authentication successful"),
+        rejected: [],
+      };
+    } catch (err) {
+      return classify(err);
+    }
+  }
+
   /** Closes pooled connections (QUIT where possible). */
   close(): void {
     this.#transport.close();
