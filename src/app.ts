@@ -5,9 +5,8 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { RelayConfig } from "./config/load.ts";
-import { DEFAULTS } from "./config/defaults.ts";
 import { accountTokens, upstreamTarget } from "./accounts.ts";
-import { startIngress } from "./ingress/server.ts";
+import { type ListenerOptions, startIngress, type TlsMaterial } from "./ingress/server.ts";
 import { Relay, type RelayAccount } from "./relay/relay.ts";
 import type { AccountTokens, RefreshOutcome } from "./tokens/manager.ts";
 import { FileTokenStore } from "./tokens/store.ts";
@@ -19,6 +18,10 @@ import { startHttp } from "./http.ts";
 export interface RunningRelay {
   /** SMTP listener address. */
   readonly smtp: { host: string; port: number };
+  /** Implicit-TLS listener address, when configured. */
+  readonly smtps?: { host: string; port: number };
+  /** Re-reads the certificate files for new sessions; false when no TLS is configured. */
+  reloadTls(): Promise<boolean>;
   /** HTTP listener address. */
   readonly http: { host: string; port: number };
   /** The metrics (tests and the demo read them). */
@@ -54,22 +57,47 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
     return {
       email: a.email,
       passwordHash: a.passwordHash,
+      aliases: a.aliases,
+      senders: a.senders,
       token: () => tokens.get(),
       send: (m) => pool.send(m),
     };
   });
 
-  const relay = new Relay(accounts, metrics);
-  const ingress = await startIngress({
+  const relay = new Relay(accounts, config.senderDomains, metrics);
+  const listeners: ListenerOptions[] = [{
     host: config.smtp.host,
     port: config.smtp.port,
+    implicitTls: false,
+    trustedNetworks: config.smtp.trustedNetworks,
+    proxyFrom: config.smtp.proxyFrom,
+  }];
+  if (config.smtps) {
+    listeners.push({
+      host: config.smtps.host ?? config.smtp.host,
+      port: config.smtps.port,
+      implicitTls: true,
+      trustedNetworks: config.smtps.trustedNetworks,
+      proxyFrom: config.smtps.proxyFrom,
+    });
+  }
+  const limits = config.limits;
+  const ingress = await startIngress({
+    listeners,
     name: config.smtp.name,
+    tls: config.tls ? await readTls(config.tls) : undefined,
+    allowPlaintextAuth: config.smtp.allowPlaintextAuth,
     maxMessageSize: config.smtp.maxMessageSize,
     maxRecipients: config.smtp.maxRecipients,
-    idleTimeoutMs: DEFAULTS.clientIdleTimeoutMs,
+    limits: {
+      ...limits,
+      authFailureWindowMs: limits.authFailureWindowSeconds * 1000,
+      idleTimeoutMs: limits.idleTimeoutSeconds * 1000,
+      sessionTimeoutMs: limits.sessionTimeoutSeconds * 1000,
+    },
     backend: relay,
     observer: metrics,
-    onError: (err) => log.error("internal error: {error}", { error: String(err) }),
+    onError: (err) => log.debug("client connection error: {error}", { error: String(err) }),
   });
   let listening = true;
   const http = await startHttp({
@@ -87,15 +115,22 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
     }),
   });
   log.info("SMTP on {smtp}, metrics on {http}, {accounts} accounts", {
-    smtp: `${ingress.address.host}:${ingress.address.port}`,
+    smtp: ingress.addresses.map((a) => `${a.host}:${a.port}`).join(", "),
     http: `${http.address.host}:${http.address.port}`,
     accounts: accounts.length,
   });
 
   return {
-    smtp: ingress.address,
+    smtp: ingress.addresses[0],
+    smtps: ingress.addresses[1],
     http: http.address,
     metrics,
+    async reloadTls() {
+      if (!config.tls) return false;
+      ingress.updateTls(await readTls(config.tls));
+      log.info("TLS certificate reloaded from {cert}", { cert: config.tls.certFile });
+      return true;
+    },
     async close() {
       listening = false;
       await ingress.close();
@@ -103,6 +138,14 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
       await http.close();
     },
   };
+}
+
+async function readTls(tls: { certFile: string; keyFile: string }): Promise<TlsMaterial> {
+  const [cert, key] = await Promise.all([
+    Deno.readTextFile(tls.certFile),
+    Deno.readTextFile(tls.keyFile),
+  ]);
+  return { cert, key };
 }
 
 function logRefresh(account: string, o: RefreshOutcome): void {

@@ -4,6 +4,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { getLogger } from "@logtape/logtape";
 import { startRelay } from "../app.ts";
 import { type LogFormat, setupLogging } from "../log.ts";
 import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
@@ -52,10 +53,20 @@ export async function serveCommand(args: string[]): Promise<number> {
     console.error(`cannot start: ${err instanceof Error ? err.message : String(err)}`);
     return 1;
   }
+  const log = getLogger(["relay", "app"]);
+  const onHangup = () => {
+    relay.reloadTls().catch((err) =>
+      log.error("TLS reload failed, keeping the old certificate: {error}", {
+        error: err instanceof Error ? err.message : String(err),
+      })
+    );
+  };
+  Deno.addSignalListener("SIGHUP", onHangup);
   await new Promise<void>((done) => {
     Deno.addSignalListener("SIGINT", done);
     Deno.addSignalListener("SIGTERM", done);
   });
+  Deno.removeSignalListener("SIGHUP", onHangup);
   await relay.close();
   return 0;
 }

@@ -16,8 +16,28 @@ export const DEFAULTS = {
   maxMessageSize: 35_882_577,
   /** Most recipients per message: Gmail's SMTP limit. The 101st gets 452 4.5.3. */
   maxRecipients: 100,
-  /** Idle time allowed to an SMTP client, in ms (RFC 5321 asks for >= 5 minutes). */
-  clientIdleTimeoutMs: 300_000,
+  /** Idle time allowed to an SMTP client, in s (RFC 5321 asks for >= 5 minutes). */
+  idleTimeoutSeconds: 300,
+  /** Longest client session, in s, however busy; then 421 4.4.2. */
+  sessionTimeoutSeconds: 3_600,
+  /** Concurrent client sessions, all listeners together; beyond: 421 4.7.0. */
+  maxClients: 1_000,
+  /** Concurrent client sessions from one IP address; beyond: 421 4.7.0. */
+  maxConnectionsPerIp: 100,
+  /** Failed AUTHs (per IP or per account) before each further reply is delayed. */
+  authFailuresBeforeTarpit: 3,
+  /** Failed AUTHs from one IP before its sessions are closed with 421 4.7.0. */
+  authFailuresBeforeDisconnect: 10,
+  /** Failed AUTHs are counted over this window, in s. */
+  authFailureWindowSeconds: 600,
+  /** Tarpit delay per failure beyond the threshold, in ms (at most 10 s). */
+  tarpitStepMs: 1_000,
+  /** Commands an untrusted client may send before authenticating; then 421. */
+  maxUnauthenticatedCommands: 10,
+  /** Longest SMTP command line, in bytes (RFC 5321: 512; AUTH lines are longer). */
+  maxCommandLength: 4_096,
+  /** AUTH without TLS is accepted from loopback clients only, unless this is set. */
+  allowPlaintextAuth: false,
   /** Metrics and health listener address. */
   httpHost: "127.0.0.1",
   /** Metrics and health listener port. */

@@ -32,6 +32,10 @@ export interface AccountConfig {
   readonly passwordHash: string;
   /** Cap on concurrent upstream connections. */
   readonly maxConnections: number;
+  /** Other MAIL FROM addresses it may use. */
+  readonly aliases: readonly string[];
+  /** Sender policy: `own` (account and aliases) or `any`. */
+  readonly senders: "own" | "any";
 }
 
 /** A validated config: defaults applied, secrets resolved, presets expanded. */
@@ -90,6 +94,8 @@ function resolveAccount(a: ParsedAccount): AccountConfig {
     refreshToken: a.refreshToken,
     passwordHash: a.passwordHash,
     maxConnections: a.maxConnections ?? provider.maxConnections,
+    aliases: a.aliases,
+    senders: a.senders,
   };
 }
 

@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { DEFAULTS } from "./defaults.ts";
+import { isCidr, isIpAddress } from "../ingress/network.ts";
 
 /** A reference to an environment variable holding a secret; see {@link env}. */
 export interface EnvRef {
@@ -71,6 +72,13 @@ const hostname = z.string({ error: "expected a host name" }).regex(
   "expected a host name (letters, digits, dots, hyphens)",
 );
 
+const cidrList = z.array(
+  z.string().refine(isCidr, "expected an IP address or CIDR such as 10.0.0.0/8"),
+  "expected a list of networks",
+);
+
+const addressList = z.array(z.email("expected an email address"), "expected a list of addresses");
+
 const provider = z.preprocess(
   (value) => typeof value === "string" ? { type: value } : value,
   z.discriminatedUnion("type", [
@@ -125,7 +133,27 @@ const account = z.object({
   ),
   /** Cap on concurrent upstream connections for this account (provider default otherwise). */
   maxConnections: positiveInt.optional(),
+  /** Other MAIL FROM addresses this account may use (Gmail "send as" aliases). */
+  aliases: addressList.default([]),
+  /**
+   * `own` (default): MAIL FROM must be the account or an alias. `any`: any sender
+   * (the provider decides; Gmail rewrites unknown senders to the account).
+   */
+  senders: z.enum(["own", "any"], { error: "expected 'own' or 'any'" }).default("own"),
 }).strict();
+
+const listenerExtras = {
+  /** Clients from these networks may send without AUTH; the account is chosen by MAIL FROM. */
+  trustedNetworks: cidrList.default([]),
+  /** PROXY protocol (v1/v2) headers are accepted from these addresses only (load balancers). */
+  proxyFrom: z.array(
+    z.string().refine(
+      isIpAddress,
+      "expected an IP address (no CIDR: proxies are listed one by one)",
+    ),
+    "expected a list of IP addresses",
+  ).default([]),
+};
 
 /** The runtime schema of a whole config module's default export. */
 export const configSchema = z.object({
@@ -136,7 +164,41 @@ export const configSchema = z.object({
     name: hostname.default(DEFAULTS.serverName),
     maxMessageSize: positiveInt.default(DEFAULTS.maxMessageSize),
     maxRecipients: positiveInt.default(DEFAULTS.maxRecipients),
+    ...listenerExtras,
+    allowPlaintextAuth: z.boolean("expected true or false").default(DEFAULTS.allowPlaintextAuth),
   }).strict().prefault({}),
+  /** Optional second listener with TLS from the first byte (465 style); needs `tls`. */
+  smtps: z.object({
+    host: host.optional(),
+    port,
+    ...listenerExtras,
+  }).strict().optional(),
+  /** Certificate for STARTTLS and the implicit-TLS listener; reloaded on SIGHUP. */
+  tls: z.object({
+    certFile: text("expected the path of a PEM certificate chain"),
+    keyFile: text("expected the path of a PEM private key"),
+  }).strict().optional(),
+  /** Abuse limits; see config/defaults.ts. */
+  limits: z.object({
+    maxClients: positiveInt.default(DEFAULTS.maxClients),
+    maxConnectionsPerIp: positiveInt.default(DEFAULTS.maxConnectionsPerIp),
+    authFailuresBeforeTarpit: positiveInt.default(DEFAULTS.authFailuresBeforeTarpit),
+    authFailuresBeforeDisconnect: positiveInt.default(DEFAULTS.authFailuresBeforeDisconnect),
+    authFailureWindowSeconds: positiveInt.default(DEFAULTS.authFailureWindowSeconds),
+    tarpitStepMs: z.int("expected an integer").min(0, "expected ms >= 0").default(
+      DEFAULTS.tarpitStepMs,
+    ),
+    maxUnauthenticatedCommands: positiveInt.default(DEFAULTS.maxUnauthenticatedCommands),
+    maxCommandLength: z.int("expected an integer").min(512, "expected at least 512 bytes")
+      .default(DEFAULTS.maxCommandLength),
+    idleTimeoutSeconds: positiveInt.default(DEFAULTS.idleTimeoutSeconds),
+    sessionTimeoutSeconds: positiveInt.default(DEFAULTS.sessionTimeoutSeconds),
+  }).strict().prefault({}),
+  /** For trusted-network clients: a sender domain → the account that sends its mail. */
+  senderDomains: z.record(
+    z.string().regex(/^[a-z0-9.-]+\.[a-z]{2,}$/i, "expected a domain name"),
+    z.email("expected the address of a configured account"),
+  ).default({}),
   /** HTTP listener for /metrics, /healthz and /readyz. */
   http: z.object({
     host: host.default(DEFAULTS.httpHost),
@@ -160,17 +222,45 @@ export const configSchema = z.object({
     "expected at least one account",
   ),
 }).strict().superRefine((config, ctx) => {
-  const seen = new Map<string, number>();
-  config.accounts.forEach((a, i) => {
-    const key = a.email.toLowerCase();
-    const first = seen.get(key);
-    if (first !== undefined) {
+  if (config.smtps && !config.tls) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["tls"],
+      message: "expected { certFile, keyFile }: the smtps listener needs a certificate",
+    });
+  }
+  const emails = new Set(config.accounts.map((a) => a.email.toLowerCase()));
+  for (const [domain, email] of Object.entries(config.senderDomains)) {
+    if (!emails.has(email.toLowerCase())) {
       ctx.addIssue({
         code: "custom",
-        path: ["accounts", i, "email"],
-        message: `expected a unique address, ${a.email} is also accounts[${first}]`,
+        path: ["senderDomains", domain],
+        message: `expected the address of a configured account, ${email} is none`,
       });
-    } else seen.set(key, i);
+    }
+  }
+  // Every address (account or alias) must name one account: trusted-network clients
+  // are mapped to accounts by sender address.
+  const seen = new Map<string, string>();
+  config.accounts.forEach((a, i) => {
+    const addresses: [string, PropertyKey[]][] = [
+      [a.email, ["accounts", i, "email"]],
+      ...a.aliases.map((
+        alias,
+        j,
+      ): [string, PropertyKey[]] => [alias, ["accounts", i, "aliases", j]]),
+    ];
+    for (const [address, path] of addresses) {
+      const key = address.toLowerCase();
+      const first = seen.get(key);
+      if (first !== undefined) {
+        ctx.addIssue({
+          code: "custom",
+          path,
+          message: `expected a unique address, ${address} is also ${first}`,
+        });
+      } else seen.set(key, `accounts[${i}]`);
+    }
   });
 });
 

@@ -32,6 +32,12 @@ export interface Transaction {
 export interface Backend {
   /** Checks SMTP AUTH credentials; `undefined` means "535 5.7.8", whatever the reason. */
   authenticate(username: string, password: string, peer: Peer): Promise<Principal | undefined>;
+  /**
+   * Decides who sends mail from `from` ("" is the null sender): for a logged-in client
+   * whether its account may use that sender, for a trusted-network client (`principal`
+   * undefined) which account sends it. Returns the principal to deliver as, or a refusal.
+   */
+  sender(principal: Principal | undefined, from: string): Principal | Reply;
   /** Delivers a message and says what to answer; 2xx only once delivery succeeded. */
   deliver(principal: Principal, transaction: Transaction): Promise<Reply>;
 }
@@ -42,6 +48,10 @@ export interface IngressObserver {
   sessionOpened(): void;
   /** A client went away. */
   sessionClosed(): void;
-  /** The ingress itself refused something (`reason`: auth, size, recipients, ...). */
+  /**
+   * The ingress itself refused something. `reason`: auth, auth_plaintext, auth_throttled,
+   * unauthenticated, sender, recipient_syntax, recipients, size, clients, per_ip,
+   * session_timeout.
+   */
   refused(reason: string): void;
 }

@@ -1,138 +1,349 @@
 /**
- * The SMTP listener clients talk to (smtp-server): EHLO, AUTH PLAIN/LOGIN, SIZE and
- * recipient limits. Every message goes to a {@link Backend}, whose reply the client gets.
+ * The SMTP listeners clients talk to (smtp-server): EHLO, STARTTLS / implicit TLS,
+ * AUTH PLAIN/LOGIN, trusted networks, PROXY protocol, abuse limits, SIZE and recipient
+ * limits. Every decision about accounts goes to the {@link Backend}.
  * @module
  */
-import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from "smtp-server";
-import type { AddressInfo } from "node:net";
+import {
+  SMTPServer,
+  type SMTPServerDataStream,
+  type SMTPServerOptions,
+  type SMTPServerSession,
+} from "smtp-server";
+import type { AddressInfo, Socket } from "node:net";
 import type { Backend, IngressObserver, Principal } from "./backend.ts";
+import { isLoopback, NetworkList, unmapped } from "./network.ts";
+import { AuthThrottle, ConnectionLimiter, type LimitOptions } from "./limits.ts";
+import { recipientProblem } from "./address.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
 
-/** Settings of the SMTP listener. */
-export interface IngressOptions {
+/** One listening socket. */
+export interface ListenerOptions {
   /** Address to listen on. */
   readonly host: string;
-  /** Port to listen on (0: any free port). */
+  /** Port (0: any free port). */
   readonly port: number;
+  /** TLS from the first byte (465 style) instead of plaintext + STARTTLS. */
+  readonly implicitTls: boolean;
+  /** Networks whose clients may send without AUTH (account chosen by MAIL FROM). */
+  readonly trustedNetworks: readonly string[];
+  /** Addresses (exact) allowed to send a PROXY protocol header. */
+  readonly proxyFrom: readonly string[];
+}
+
+/** Certificate and key, PEM. */
+export interface TlsMaterial {
+  /** Certificate chain. */
+  readonly cert: string;
+  /** Private key. */
+  readonly key: string;
+}
+
+/** Settings of the SMTP ingress. */
+export interface IngressOptions {
+  /** The listeners; the first is the main (submission) one. */
+  readonly listeners: readonly ListenerOptions[];
   /** Name in the banner and EHLO reply. */
   readonly name: string;
+  /** Certificate for STARTTLS and implicit TLS; without it STARTTLS is not offered. */
+  readonly tls?: TlsMaterial;
+  /** Accept AUTH without TLS from non-loopback clients. */
+  readonly allowPlaintextAuth: boolean;
   /** Largest message accepted, bytes; advertised as SIZE and enforced. */
   readonly maxMessageSize: number;
   /** Most recipients per message. */
   readonly maxRecipients: number;
-  /** Idle client timeout, ms. */
-  readonly idleTimeoutMs: number;
+  /** Abuse limits. */
+  readonly limits: LimitOptions & {
+    readonly maxUnauthenticatedCommands: number;
+    readonly maxCommandLength: number;
+    readonly idleTimeoutMs: number;
+    readonly sessionTimeoutMs: number;
+  };
   /** Receives what to do with each message. */
   readonly backend: Backend;
   /** Metrics hooks. */
   readonly observer?: IngressObserver;
-  /** Called when a backend call throws (a bug): for logging. */
+  /** Called when a backend call throws (a bug) or a socket fails: for logging. */
   readonly onError?: (err: unknown) => void;
 }
 
-/** A running listener. */
+/** The running listeners. */
 export interface Ingress {
-  /** Where it listens. */
-  readonly address: { host: string; port: number };
+  /** Where each listener listens, in the order given. */
+  readonly addresses: readonly { host: string; port: number }[];
+  /** Replaces the certificate for new sessions; open sessions keep theirs. */
+  updateTls(tls: TlsMaterial): void;
   /** Stops listening and closes sessions. */
   close(): Promise<void>;
 }
 
+type Connection = SMTPServer["connections"] extends Set<infer C> ? C : never;
+
+/** Per-session state the ingress keeps beside smtp-server's session. */
+interface SessionState {
+  readonly ip: string;
+  readonly trusted: boolean;
+  /** The principal of the current transaction (logged in, or chosen by MAIL FROM). */
+  principal?: Principal;
+  unauthenticatedRefusals: number;
+  timer?: ReturnType<typeof setTimeout>;
+  admitted: boolean;
+}
+
 const AUTH_FAILED = reply(535, "5.7.8", "Authentication credentials invalid");
-const AUTH_REQUIRED = "5.7.0 Authentication required";
+const AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required");
+const NEEDS_TLS = reply(
+  538,
+  "5.7.11",
+  "Encryption required for requested authentication mechanism",
+);
+const THROTTLED = reply(421, "4.7.0", "Too many failed authentications, try again later");
+const SESSION_LIMIT = "4.4.2 Session time limit exceeded, closing";
 
 /** An error smtp-server turns into a reply line. */
 function smtpError(r: Reply): Error & { responseCode: number } {
   return Object.assign(new Error(`${r.enhanced} ${r.text}`), { responseCode: r.code });
 }
 
-/** Starts the SMTP listener. */
+function isReply(x: Principal | Reply): x is Reply {
+  return typeof (x as Reply).code === "number";
+}
+
+/**
+ * smtp-server with the 100 ms early-talker pause skipped for clients that need no such
+ * protection (loopback and trusted networks). `init()` arms a timer that calls
+ * `connectionReady()`; for those clients it is called at once and the timer's call
+ * becomes a no-op. Nothing in the library's files is changed.
+ */
+class Listener extends SMTPServer {
+  readonly #fast: (address: string) => boolean;
+  readonly #opened: (connection: Connection) => void;
+
+  constructor(
+    options: SMTPServerOptions,
+    fast: (address: string) => boolean,
+    opened: (connection: Connection) => void,
+  ) {
+    super(options);
+    this.#fast = fast;
+    this.#opened = opened;
+  }
+
+  override connect(socket: Socket, socketOptions?: Parameters<SMTPServer["connect"]>[1]): void {
+    super.connect(socket, socketOptions);
+    let connection: Connection | undefined;
+    for (const c of this.connections) connection = c; // the newest: Sets keep insertion order
+    if (!connection) return;
+    this.#opened(connection);
+    if (!this.#fast(connection.remoteAddress)) return;
+    const ready = connection.connectionReady.bind(connection);
+    connection.connectionReady = () => {};
+    if (!connection._closing) ready();
+  }
+}
+
+/** Starts the listeners. */
 export async function startIngress(o: IngressOptions): Promise<Ingress> {
   const observer = o.observer;
-  const server = new SMTPServer({
-    name: o.name,
-    banner: "ESMTP OAuth2 relay",
-    disableReverseLookup: true,
-    size: o.maxMessageSize,
-    authMethods: ["PLAIN", "LOGIN"],
-    authRequiredMessage: AUTH_REQUIRED,
-    // Client TLS is not configured yet: STARTTLS is not offered, AUTH works in plaintext.
-    disabledCommands: ["STARTTLS"],
-    allowInsecureAuth: true,
-    socketTimeout: o.idleTimeoutMs,
-    logger: false,
-    onConnect(_session, callback) {
-      observer?.sessionOpened();
-      callback();
-    },
-    onClose() {
-      observer?.sessionClosed();
-    },
-    onAuth(auth, session, callback) {
-      const address = session.remoteAddress;
-      o.backend.authenticate(auth.username ?? "", auth.password ?? "", { address }).then(
-        (principal) => {
-          if (principal) return callback(null, { user: principal });
-          observer?.refused("auth");
-          callback(smtpError(AUTH_FAILED));
-        },
-        (err) => {
-          o.onError?.(err);
-          callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
-        },
-      );
-    },
-    onRcptTo(_address, session, callback) {
-      if (session.envelope.rcptTo.length >= o.maxRecipients) {
-        observer?.refused("recipients");
-        return callback(
-          smtpError(reply(452, "4.5.3", `Too many recipients (at most ${o.maxRecipients})`)),
-        );
-      }
-      callback();
-    },
-    onData(stream, session, callback) {
-      collect(stream).then((message) => {
-        if ((stream as SMTPServerDataStream).sizeExceeded) {
-          observer?.refused("size");
-          return callback(smtpError(reply(
-            552,
-            "5.3.4",
-            `Message exceeds fixed maximum message size of ${o.maxMessageSize} bytes`,
-          )));
+  const limiter = new ConnectionLimiter(o.limits);
+  const throttle = new AuthThrottle(o.limits);
+  const sessions = new Map<string, SessionState>();
+  const connections = new Map<string, Connection>();
+  const servers: Listener[] = [];
+
+  const state = (session: SMTPServerSession) => sessions.get(session.id)!;
+  const closeWith = (sessionId: string, code: number, text: string) => {
+    connections.get(sessionId)?.send(code, text);
+  };
+
+  for (const l of o.listeners) {
+    const trusted = new NetworkList(l.trustedNetworks);
+    const options: SMTPServerOptions = {
+      name: o.name,
+      banner: "ESMTP OAuth2 relay",
+      disableReverseLookup: true,
+      size: o.maxMessageSize,
+      authMethods: ["PLAIN", "LOGIN"],
+      authRequiredMessage: `${AUTH_REQUIRED.enhanced} ${AUTH_REQUIRED.text}`,
+      // With trusted networks, MAIL without AUTH must reach onMailFrom, which decides.
+      authOptional: l.trustedNetworks.length > 0,
+      // Plaintext AUTH is refused in onAuth (538), with loopback excepted.
+      allowInsecureAuth: true,
+      secure: l.implicitTls,
+      ...(o.tls ? { key: o.tls.key, cert: o.tls.cert, minVersion: "TLSv1.2" as const } : {}),
+      disabledCommands: o.tls ? [] : ["STARTTLS"],
+      useProxy: l.proxyFrom.length > 0 ? (l.proxyFrom as string[]) : false,
+      maxAllowedUnauthenticatedCommands: o.limits.maxUnauthenticatedCommands,
+      maxCommandLength: o.limits.maxCommandLength,
+      socketTimeout: o.limits.idleTimeoutMs,
+      closeTimeout: 1_000,
+      logger: false,
+
+      onConnect(session, callback) {
+        const ip = unmapped(session.remoteAddress);
+        const s: SessionState = {
+          ip,
+          trusted: trusted.has(ip),
+          unauthenticatedRefusals: 0,
+          admitted: false,
+        };
+        sessions.set(session.id, s);
+        const admitted = limiter.admit(ip);
+        if (admitted !== "ok") {
+          observer?.refused(admitted === "ip" ? "per_ip" : "clients");
+          const why = admitted === "ip" ? "from your address" : "";
+          return callback(smtpError(reply(421, "4.7.0", `Too many connections ${why}`.trim())));
         }
-        return deliver(o, session, message).then((r) => {
-          if (isPositive(r)) callback(null, `${r.enhanced} ${r.text}`);
-          else callback(smtpError(r));
+        s.admitted = true;
+        observer?.sessionOpened();
+        s.timer = setTimeout(() => {
+          observer?.refused("session_timeout");
+          closeWith(session.id, 421, SESSION_LIMIT);
+        }, o.limits.sessionTimeoutMs);
+        callback();
+      },
+
+      onClose(session) {
+        const s = sessions.get(session.id);
+        sessions.delete(session.id);
+        connections.delete(session.id);
+        if (!s) return;
+        clearTimeout(s.timer);
+        if (s.admitted) {
+          limiter.release(s.ip);
+          observer?.sessionClosed();
+        }
+      },
+
+      onAuth(auth, session, callback) {
+        const s = state(session);
+        if (!session.secure && !o.allowPlaintextAuth && !isLoopback(s.ip)) {
+          observer?.refused("auth_plaintext");
+          return callback(smtpError(NEEDS_TLS));
+        }
+        const username = (auth.username ?? "").trim().toLowerCase();
+        const verdict = throttle.verdict(s.ip, username);
+        if (verdict.disconnect) {
+          observer?.refused("auth_throttled");
+          callback(smtpError(THROTTLED)); // 421: smtp-server closes the session
+          return;
+        }
+        const answer = () =>
+          o.backend.authenticate(auth.username ?? "", auth.password ?? "", { address: s.ip })
+            .then((principal) => {
+              if (principal) return callback(null, { user: principal });
+              throttle.failed(s.ip, username);
+              observer?.refused("auth");
+              callback(smtpError(AUTH_FAILED));
+            }, (err) => {
+              o.onError?.(err);
+              callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
+            });
+        if (verdict.delayMs > 0) setTimeout(answer, verdict.delayMs);
+        else answer();
+      },
+
+      onMailFrom(address, session, callback) {
+        const s = state(session);
+        const principal = session.user as unknown as Principal | undefined;
+        if (!principal && !s.trusted) {
+          observer?.refused("unauthenticated");
+          if (++s.unauthenticatedRefusals >= o.limits.maxUnauthenticatedCommands) {
+            return callback(smtpError(reply(421, "4.7.0", "Too many unauthenticated commands")));
+          }
+          return callback(smtpError(AUTH_REQUIRED));
+        }
+        const decided = o.backend.sender(principal, address.address ?? "");
+        if (isReply(decided)) {
+          observer?.refused("sender");
+          return callback(smtpError(decided));
+        }
+        s.principal = decided;
+        callback();
+      },
+
+      onRcptTo(address, session, callback) {
+        const problem = recipientProblem(address.address);
+        if (problem) {
+          observer?.refused("recipient_syntax");
+          return callback(smtpError(reply(550, "5.1.3", problem)));
+        }
+        if (session.envelope.rcptTo.length >= o.maxRecipients) {
+          observer?.refused("recipients");
+          return callback(
+            smtpError(reply(452, "4.5.3", `Too many recipients (at most ${o.maxRecipients})`)),
+          );
+        }
+        callback();
+      },
+
+      onData(stream, session, callback) {
+        const s = state(session);
+        collect(stream).then((message) => {
+          if ((stream as SMTPServerDataStream).sizeExceeded) {
+            observer?.refused("size");
+            return callback(smtpError(reply(
+              552,
+              "5.3.4",
+              `Message exceeds fixed maximum message size of ${o.maxMessageSize} bytes`,
+            )));
+          }
+          const envelope = session.envelope;
+          return o.backend.deliver(s.principal!, {
+            from: envelope.mailFrom ? envelope.mailFrom.address : "",
+            to: envelope.rcptTo.map((r) => r.address),
+            message,
+          }).then((r) => {
+            if (isPositive(r)) callback(null, `${r.enhanced} ${r.text}`);
+            else callback(smtpError(r));
+          });
+        }).catch((err) => {
+          o.onError?.(err);
+          callback(smtpError(reply(451, "4.3.0", "Local error in processing, try again later")));
         });
-      }).catch((err) => {
-        o.onError?.(err);
-        callback(smtpError(reply(451, "4.3.0", "Local error in processing, try again later")));
+      },
+    };
+    const fast = (address: string) => isLoopback(address) || trusted.has(address);
+    const server = new Listener(options, fast, (c) => connections.set(c.id, c));
+    // A failed TLS handshake or a reset socket must not take the process down.
+    server.on("error", (err) => o.onError?.(err));
+    servers.push(server);
+  }
+
+  const addresses: { host: string; port: number }[] = [];
+  try {
+    for (const [i, server] of servers.entries()) {
+      const l = o.listeners[i];
+      await new Promise<void>((ok, fail) => {
+        server.server.once("error", fail);
+        server.listen(l.port, l.host, () => {
+          server.server.off("error", fail);
+          ok();
+        });
       });
-    },
-  });
-  server.on("error", (err) => o.onError?.(err));
-  await new Promise<void>((ok, fail) => {
-    server.once("error", fail);
-    server.listen(o.port, o.host, () => {
-      server.off("error", fail);
-      ok();
-    });
-  });
-  const bound = server.server.address() as AddressInfo;
+      const bound = server.server.address() as AddressInfo;
+      addresses.push({ host: bound.address, port: bound.port });
+    }
+  } catch (err) {
+    await Promise.all(servers.map((s) => closeServer(s)));
+    throw err;
+  }
   return {
-    address: { host: bound.address, port: bound.port },
-    close: () => new Promise<void>((ok) => server.close(() => ok())),
+    addresses,
+    updateTls(tls) {
+      for (const server of servers) {
+        server.updateSecureContext({ key: tls.key, cert: tls.cert, minVersion: "TLSv1.2" });
+      }
+    },
+    close: () => Promise.all(servers.map((s) => closeServer(s))).then(() => {}),
   };
 }
 
-function deliver(o: IngressOptions, session: SMTPServerSession, message: Uint8Array) {
-  const envelope = session.envelope;
-  const from = envelope.mailFrom ? envelope.mailFrom.address : "";
-  return o.backend.deliver(session.user as unknown as Principal, {
-    from,
-    to: envelope.rcptTo.map((r) => r.address),
-    message,
+function closeServer(server: SMTPServer): Promise<void> {
+  return new Promise<void>((ok) => {
+    if (!server.server.listening) return ok();
+    server.close(() => ok());
   });
 }
 

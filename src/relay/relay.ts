@@ -27,6 +27,10 @@ export interface RelayAccount {
   readonly email: string;
   /** scrypt hash of the client password. */
   readonly passwordHash: string;
+  /** Other MAIL FROM addresses the account may use. */
+  readonly aliases: readonly string[];
+  /** `own`: MAIL FROM must be the account or an alias; `any`: no check. */
+  readonly senders: "own" | "any";
   /** A valid access token, or a {@link TokenError}. */
   readonly token: () => Promise<unknown>;
   /** Sends one message upstream. */
@@ -42,6 +46,8 @@ export interface RelayObserver {
 interface Entry extends Principal {
   readonly account: RelayAccount;
   readonly verifier: PasswordVerifier;
+  /** Lower-cased addresses it may send from. */
+  readonly senders: ReadonlySet<string>;
 }
 
 const log = getLogger(["relay", "message"]);
@@ -50,18 +56,58 @@ const MAX_REPLY_TEXT = 400;
 /** Implements {@link Backend} over a set of accounts. */
 export class Relay implements Backend {
   readonly #accounts = new Map<string, Entry>();
+  /** Sender address (account or alias) or domain → account, for trusted-network clients. */
+  readonly #bySender = new Map<string, Entry>();
   readonly #observer?: RelayObserver;
 
-  /** `accounts` must have unique addresses (the config loader checks). */
-  constructor(accounts: Iterable<RelayAccount>, observer?: RelayObserver) {
+  /**
+   * `accounts` must have unique addresses and aliases (the config loader checks);
+   * `senderDomains` maps a sender domain to the account address that sends its mail.
+   */
+  constructor(
+    accounts: Iterable<RelayAccount>,
+    senderDomains: Readonly<Record<string, string>> = {},
+    observer?: RelayObserver,
+  ) {
     for (const account of accounts) {
-      this.#accounts.set(account.email.toLowerCase(), {
+      const senders = new Set([account.email, ...account.aliases].map((a) => a.toLowerCase()));
+      const entry = {
         name: account.email,
         account,
+        senders,
         verifier: new PasswordVerifier(account.passwordHash),
-      });
+      };
+      this.#accounts.set(account.email.toLowerCase(), entry);
+      for (const address of senders) this.#bySender.set(address, entry);
+    }
+    for (const [domain, email] of Object.entries(senderDomains)) {
+      const entry = this.#accounts.get(email.toLowerCase());
+      if (entry) this.#bySender.set(`@${domain.toLowerCase()}`, entry);
     }
     this.#observer = observer;
+  }
+
+  /**
+   * Sender policy. Logged in: the account's own address or an alias (unless the account
+   * allows any sender); the null sender is accepted (bounces and receipts). Trusted
+   * network: the account whose address or alias is the sender, else the account mapped
+   * to the sender's domain; the null sender is refused, since it names no account.
+   */
+  sender(principal: Principal | undefined, from: string): Principal | Reply {
+    const address = from.toLowerCase();
+    if (principal) {
+      const entry = principal as Entry;
+      if (address === "" || entry.account.senders === "any" || entry.senders.has(address)) {
+        return entry;
+      }
+      return reply(550, "5.7.1", `Sender <${from}> is not allowed for ${entry.name}`);
+    }
+    if (address === "") {
+      return reply(550, "5.7.1", "The null sender needs authentication");
+    }
+    const entry = this.#bySender.get(address) ??
+      this.#bySender.get(address.slice(address.lastIndexOf("@")));
+    return entry ?? reply(550, "5.7.1", `Sender <${from}> is not configured for relaying`);
   }
 
   /** Same answer, same cost, for an unknown user and a wrong password. */
