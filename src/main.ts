@@ -9,11 +9,13 @@ import { EXIT_USAGE, UsageError } from "./commands/common.ts";
 import { SERVE_USAGE, serveCommand } from "./commands/serve.ts";
 import { HASH_PASSWORD_USAGE, hashPasswordCommand } from "./commands/hash_password.ts";
 import { CHECK_USAGE, checkCommand } from "./commands/check.ts";
+import { AUTHORIZE_USAGE, authorizeCommand } from "./commands/authorize.ts";
 
 const COMMANDS: Record<string, { usage: string; run: (args: string[]) => Promise<number> }> = {
   serve: { usage: SERVE_USAGE, run: serveCommand },
   "hash-password": { usage: HASH_PASSWORD_USAGE, run: hashPasswordCommand },
   check: { usage: CHECK_USAGE, run: checkCommand },
+  authorize: { usage: AUTHORIZE_USAGE, run: authorizeCommand },
 };
 
 const USAGE = "usage:\n" +

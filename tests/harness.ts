@@ -31,6 +31,8 @@ export interface HarnessOptions {
   sandbox?: SandboxOptions;
   /** Overrides merged into the relay config object before validation. */
   config?: Record<string, unknown>;
+  /** Extra fields for account `i` (aliases, senders, ...). */
+  accountExtras?: (i: number) => Record<string, unknown>;
   /** Reuse this state directory (restart tests). */
   stateDir?: string;
 }
@@ -70,6 +72,7 @@ export async function sandboxConfig(
   accounts: TestAccount[],
   stateDir: string,
   extra: Record<string, unknown> = {},
+  accountExtras: (i: number) => Record<string, unknown> = () => ({}),
 ): Promise<Record<string, unknown>> {
   passwordHash ??= hashPassword(PASSWORD);
   const hash = await passwordHash;
@@ -77,13 +80,14 @@ export async function sandboxConfig(
     smtp: { port: 0 },
     http: { port: 0 },
     stateDir,
-    accounts: accounts.map((a) => ({
+    accounts: accounts.map((a, i) => ({
       email: a.email,
       provider: { type: "sandbox", tokenUrl: sandbox.tokenUrl, smtpPort: sandbox.smtpPort },
       clientId: a.clientId,
       clientSecret: a.clientSecret,
       refreshToken: a.refreshToken,
       passwordHash: hash,
+      ...accountExtras(i),
     })),
     ...extra,
   };
@@ -95,7 +99,9 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const accounts = makeAccounts(options.accounts ?? 1);
   for (const a of accounts) sandbox.addAccount(a);
   const stateDir = options.stateDir ?? await Deno.makeTempDir({ prefix: "relay-test-" });
-  const config = parseConfig(await sandboxConfig(sandbox, accounts, stateDir, options.config));
+  const config = parseConfig(
+    await sandboxConfig(sandbox, accounts, stateDir, options.config, options.accountExtras),
+  );
   const relay = await startRelay(config);
   const clients: Transporter[] = [];
   const h: Harness = {

@@ -125,6 +125,7 @@ function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {
         kind: "sandbox",
         tokenUrl,
         authorizeUrl: new URL(SANDBOX_DEFAULTS.authorizePath, tokenUrl).href,
+        issuer: new URL(tokenUrl).origin,
         deviceCodeUrl: new URL(SANDBOX_DEFAULTS.deviceCodePath, tokenUrl).href,
         scope: SANDBOX_DEFAULTS.scope,
         smtpHost: p.smtpHost ?? SANDBOX_DEFAULTS.smtpHost,

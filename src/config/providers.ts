@@ -15,6 +15,8 @@ export interface ProviderEndpoints {
   readonly tokenUrl: string;
   /** Authorization endpoint for the authorization-code + PKCE flow (`authorize`). */
   readonly authorizeUrl?: string;
+  /** Issuer sent as `iss` in authorization responses (RFC 9207), where the provider does. */
+  readonly issuer?: string;
   /** Device authorization endpoint for the device-code flow (`authorize`). */
   readonly deviceCodeUrl?: string;
   /** Scope sent with each refresh. */
@@ -37,6 +39,7 @@ export const GOOGLE: ProviderEndpoints = {
   tokenUrl: "https://oauth2.googleapis.com/token",
   // Google has no device-code flow for Gmail scopes: PKCE with a loopback redirect only.
   authorizeUrl: "https://accounts.google.com/o/oauth2/auth",
+  issuer: "https://accounts.google.com",
   scope: "https://mail.google.com/",
   smtpHost: "smtp.gmail.com",
   smtpPort: 587,

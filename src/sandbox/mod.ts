@@ -23,6 +23,7 @@ import {
 } from "./smtp_server.ts";
 import { SANDBOX_CA_PEM } from "./tls.ts";
 import {
+  type DeviceAuthorizationInfo,
   type SandboxAccount,
   TokenEndpoint,
   type TokenEndpointFaults,
@@ -31,7 +32,12 @@ import {
 
 export type { ReceivedMessage, SmtpFaults, SmtpStats } from "./smtp_server.ts";
 export { SandboxSmtpServer } from "./smtp_server.ts";
-export type { SandboxAccount, TokenEndpointFaults, TokenEndpointStats } from "./token_endpoint.ts";
+export type {
+  DeviceAuthorizationInfo,
+  SandboxAccount,
+  TokenEndpointFaults,
+  TokenEndpointStats,
+} from "./token_endpoint.ts";
 export { TokenEndpoint } from "./token_endpoint.ts";
 export { SANDBOX_CA_PEM } from "./tls.ts";
 
@@ -97,6 +103,31 @@ export class Sandbox {
   /** Registers an account (replacing one with the same email). */
   addAccount(account: SandboxAccount): void {
     this.tokens.addAccount(account);
+  }
+
+  /** Authorization endpoint (code + PKCE), `http://127.0.0.1:PORT/authorize`. */
+  get authorizeUrl(): string {
+    return this.tokens.authorizeUrl;
+  }
+
+  /** Device authorization endpoint, `http://127.0.0.1:PORT/devicecode`. */
+  get deviceCodeUrl(): string {
+    return this.tokens.deviceCodeUrl;
+  }
+
+  /** Approves a pending device-code authorization for `email` (the user signed in). */
+  approveDevice(userCode: string, email: string): void {
+    this.tokens.approveDevice(userCode, email);
+  }
+
+  /** Denies a pending device-code authorization: the next poll gets `access_denied`. */
+  denyDevice(userCode: string): void {
+    this.tokens.denyDevice(userCode);
+  }
+
+  /** Polls and status of the device authorization with `userCode`, if known. */
+  deviceAuthorization(userCode: string): DeviceAuthorizationInfo | undefined {
+    return this.tokens.deviceAuthorization(userCode);
   }
 
   /** Clears the faults of both servers. */

@@ -1,11 +1,22 @@
 /**
  * Sandbox OAuth2 token endpoint (RFC 6749), for the demo and integration tests.
  *
- * Listens on 127.0.0.1 with `Deno.serve` and answers `POST /token`. Only the
- * `refresh_token` grant exists; the grant dispatch in {@link TokenEndpoint}
- * is where device-code and authorization-code (+PKCE) grants will go.
+ * Listens on 127.0.0.1 with `Deno.serve`:
+ *
+ * - `POST /token`: grants `refresh_token`, `authorization_code` (PKCE S256 required) and
+ *   `urn:ietf:params:oauth:grant-type:device_code` (RFC 8628: `authorization_pending`,
+ *   `slow_down`, `expired_token`, `access_denied`);
+ * - `POST /devicecode`: device authorization (RFC 8628 §3.1); tests approve or deny the
+ *   user code with {@link TokenEndpoint.approveDevice} / {@link TokenEndpoint.denyDevice},
+ *   a person by opening `verification_uri_complete` (`GET /device?user_code=…`);
+ * - `GET /authorize`: authorization endpoint that approves at once for the registered
+ *   account named by `login_hint` (or {@link TokenEndpoint.authorizeAs}) and redirects
+ *   (302) to a loopback `redirect_uri` with `code`, `state` and `iss` (RFC 9207).
+ *
  * Refresh tokens rotate on every use like Microsoft's, unless
- * {@link TokenEndpoint.rotateRefreshTokens} is false.
+ * {@link TokenEndpoint.rotateRefreshTokens} is false. A refresh token issued by the
+ * device-code or authorization-code grant replaces the account's current one (the old
+ * one stops working), so a relay can use it at once.
  *
  * Never logs tokens or secrets.
  *
@@ -13,7 +24,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
 
 /** An account the sandbox provider knows, with its current refresh token. */
 export interface SandboxAccount {
@@ -37,6 +48,10 @@ export interface TokenEndpointOptions {
   rotateRefreshTokens?: boolean;
   /** `scope` reported in token responses (default `https://mail.google.com/`). */
   scope?: string;
+  /** Polling `interval` the device authorization endpoint asks for, in seconds (default 5). */
+  deviceIntervalSeconds?: number;
+  /** Lifetime of device and user codes in seconds (default 900). */
+  deviceCodeTtlSeconds?: number;
 }
 
 /**
@@ -56,6 +71,8 @@ export interface TokenEndpointFaults {
   delayMs: number;
   /** Never answer requests that arrive while set, until {@link TokenEndpoint.close} (then 503). */
   hang: boolean;
+  /** Answer the next N device-code polls with `slow_down`, however politely they came. */
+  slowDownNext: number;
 }
 
 /** Request counters of a {@link TokenEndpoint}. */
@@ -66,6 +83,26 @@ export interface TokenEndpointStats {
   refreshes: number;
   /** Successful refresh_token grants per lower-cased email. */
   refreshesByEmail: Map<string, number>;
+  /** Device authorizations started (`POST /devicecode`). */
+  deviceAuthorizations: number;
+  /** Device-code grant requests (polls), whatever their answer. */
+  devicePolls: number;
+  /** `slow_down` answers, forced or earned. */
+  slowDowns: number;
+  /** Authorization codes issued by `GET /authorize`. */
+  authorizationCodes: number;
+  /** Refresh tokens issued by the device-code and authorization-code grants. */
+  authorizations: number;
+}
+
+/** What the sandbox knows about one device authorization (for test assertions). */
+export interface DeviceAuthorizationInfo {
+  /** Client that started it. */
+  readonly clientId: string;
+  /** `Date.now()` of each poll, oldest first. */
+  readonly polls: readonly number[];
+  /** `pending`, `approved`, `denied`, `done` (tokens issued) or `expired`. */
+  readonly status: "pending" | "approved" | "denied" | "done" | "expired";
 }
 
 /** Fault settings with nothing injected. */
@@ -77,6 +114,7 @@ function noFaults(): TokenEndpointFaults {
     failContentType: "application/json",
     delayMs: 0,
     hang: false,
+    slowDownNext: 0,
   };
 }
 
@@ -84,6 +122,32 @@ interface IssuedToken {
   email: string;
   expiresAt: number;
 }
+
+interface DeviceGrant {
+  clientId: string;
+  userCode: string;
+  expiresAt: number;
+  polls: number[];
+  /** Lower-cased email once approved; `null` when denied. */
+  decision?: string | null;
+  done: boolean;
+}
+
+interface AuthorizationCode {
+  email: string;
+  clientId: string;
+  redirectUri: string;
+  codeChallenge: string;
+  expiresAt: number;
+}
+
+/** Lifetime of authorization codes, in ms (RFC 6749 §4.1.2 recommends at most 10 min). */
+const AUTHORIZATION_CODE_TTL_MS = 60_000;
+/** Polls this much early still count as honouring the interval (timer granularity). */
+const POLL_TOLERANCE_MS = 50;
+/** User-code alphabet without look-alikes (RFC 8628 §6.1). */
+const USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ";
+const DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
 
 interface ClientCredentials {
   clientId: string;
@@ -135,6 +199,37 @@ function sameSecret(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
+/** A user code such as `BCDF-GHJK`. */
+function randomUserCode(): string {
+  const pick = () => USER_CODE_ALPHABET[randomInt(USER_CODE_ALPHABET.length)];
+  const half = () => Array.from({ length: 4 }, pick).join("");
+  return `${half()}-${half()}`;
+}
+
+/** `BASE64URL(SHA256(verifier))`, the PKCE S256 transformation (RFC 7636 §4.2). */
+function s256(verifier: string): string {
+  return createHash("sha256").update(verifier).digest("base64url");
+}
+
+/** True for `http://127.0.0.1…`, `http://[::1]…` and `http://localhost…` (RFC 8252 §7.3). */
+function isLoopbackRedirect(uri: string): boolean {
+  try {
+    const url = new URL(uri);
+    return url.protocol === "http:" && !url.hash &&
+      ["127.0.0.1", "[::1]", "localhost"].includes(url.hostname);
+  } catch {
+    return false;
+  }
+}
+
+/** A small plain-text page for the browser (authorization and device endpoints). */
+function page(status: number, text: string): Response {
+  return new Response(text + "\n", {
+    status,
+    headers: { "content-type": "text/plain;charset=UTF-8", "cache-control": "no-store" },
+  });
+}
+
 /** Decodes one half of HTTP Basic client credentials (RFC 6749 §2.3.1). */
 function formDecode(value: string): string {
   return decodeURIComponent(value.replaceAll("+", " "));
@@ -144,6 +239,12 @@ function formDecode(value: string): string {
 export class TokenEndpoint {
   /** Full URL of the token endpoint, `http://127.0.0.1:PORT/token`. */
   readonly url: string;
+  /** Authorization endpoint, `http://127.0.0.1:PORT/authorize`. */
+  readonly authorizeUrl: string;
+  /** Device authorization endpoint, `http://127.0.0.1:PORT/devicecode`. */
+  readonly deviceCodeUrl: string;
+  /** Issuer identifier (`iss` in authorization responses): `http://127.0.0.1:PORT`. */
+  readonly issuer: string;
   /** Port the endpoint listens on. */
   readonly port: number;
   /** Fault injection; see {@link TokenEndpointFaults}. */
@@ -153,6 +254,11 @@ export class TokenEndpoint {
     requests: 0,
     refreshes: 0,
     refreshesByEmail: new Map(),
+    deviceAuthorizations: 0,
+    devicePolls: 0,
+    slowDowns: 0,
+    authorizationCodes: 0,
+    authorizations: 0,
   };
   /** Lifetime of newly issued access tokens in seconds; 0 issues tokens that are already expired. */
   accessTokenTtlSeconds: number;
@@ -160,29 +266,45 @@ export class TokenEndpoint {
   rotateRefreshTokens: boolean;
   /** `scope` reported in token responses. */
   scope: string;
+  /** Polling interval advertised for device codes, seconds; polls closer together get `slow_down`. */
+  deviceIntervalSeconds: number;
+  /** Lifetime of new device and user codes, seconds. */
+  deviceCodeTtlSeconds: number;
+  /** Account `GET /authorize` approves for when the request has no `login_hint`. */
+  authorizeAs?: string;
+  /** Make `GET /authorize` redirect with `error=access_denied` (the user said no). */
+  denyAuthorizations = false;
 
   readonly #accounts = new Map<string, SandboxAccount>();
   readonly #byRefreshToken = new Map<string, string>();
   readonly #accessTokens = new Map<string, IssuedToken>();
+  readonly #deviceGrants = new Map<string, DeviceGrant>();
+  readonly #byUserCode = new Map<string, string>();
+  readonly #codes = new Map<string, AuthorizationCode>();
   readonly #closing = new AbortController();
   #closed: Promise<void> | undefined;
   readonly #server: Deno.HttpServer<Deno.NetAddr>;
   readonly #grants: Record<string, GrantHandler> = {
     refresh_token: (params, client) => this.#refreshTokenGrant(params, client),
-    // Later: "authorization_code" (+PKCE) and
-    // "urn:ietf:params:oauth:grant-type:device_code".
+    authorization_code: (params, client) => this.#authorizationCodeGrant(params, client),
+    [DEVICE_CODE_GRANT]: (params, client) => this.#deviceCodeGrant(params, client),
   };
 
   private constructor(options: TokenEndpointOptions) {
     this.accessTokenTtlSeconds = options.accessTokenTtlSeconds ?? 3600;
     this.rotateRefreshTokens = options.rotateRefreshTokens ?? true;
     this.scope = options.scope ?? "https://mail.google.com/";
+    this.deviceIntervalSeconds = options.deviceIntervalSeconds ?? 5;
+    this.deviceCodeTtlSeconds = options.deviceCodeTtlSeconds ?? 900;
     this.#server = Deno.serve(
       { hostname: "127.0.0.1", port: options.port ?? 0, onListen: () => {} },
       (req) => this.#handle(req),
     );
     this.port = this.#server.addr.port;
-    this.url = `http://127.0.0.1:${this.port}/token`;
+    this.issuer = `http://127.0.0.1:${this.port}`;
+    this.url = `${this.issuer}/token`;
+    this.authorizeUrl = `${this.issuer}/authorize`;
+    this.deviceCodeUrl = `${this.issuer}/devicecode`;
   }
 
   /** Starts listening on 127.0.0.1 (needs `--allow-net=127.0.0.1`). */
@@ -222,6 +344,52 @@ export class TokenEndpoint {
       Date.now() < issued.expiresAt;
   }
 
+  /**
+   * Approves a pending device authorization (the user entered `userCode` and signed in
+   * as `email`). Throws if the code is unknown or expired, or the account is not
+   * registered for the client that asked.
+   */
+  approveDevice(userCode: string, email: string): void {
+    const grant = this.#pendingDevice(userCode);
+    const key = email.toLowerCase();
+    const account = this.#accounts.get(key);
+    if (!account || account.clientId !== grant.clientId) {
+      throw new Error(`no account ${email} registered for client ${grant.clientId}`);
+    }
+    grant.decision = key;
+  }
+
+  /** Denies a pending device authorization: the next poll gets `access_denied`. */
+  denyDevice(userCode: string): void {
+    this.#pendingDevice(userCode).decision = null;
+  }
+
+  /** Polls and status of the device authorization with `userCode`, if known. */
+  deviceAuthorization(userCode: string): DeviceAuthorizationInfo | undefined {
+    const deviceCode = this.#byUserCode.get(userCode.toUpperCase());
+    const grant = deviceCode === undefined ? undefined : this.#deviceGrants.get(deviceCode);
+    if (!grant) return undefined;
+    const status = grant.done
+      ? "done"
+      : Date.now() >= grant.expiresAt
+      ? "expired"
+      : grant.decision === undefined
+      ? "pending"
+      : grant.decision === null
+      ? "denied"
+      : "approved";
+    return { clientId: grant.clientId, polls: [...grant.polls], status };
+  }
+
+  #pendingDevice(userCode: string): DeviceGrant {
+    const deviceCode = this.#byUserCode.get(userCode.toUpperCase());
+    const grant = deviceCode === undefined ? undefined : this.#deviceGrants.get(deviceCode);
+    if (!grant || grant.done || Date.now() >= grant.expiresAt) {
+      throw new Error(`no pending device authorization with user code ${userCode}`);
+    }
+    return grant;
+  }
+
   /** Puts every fault setting back to "no fault". */
   resetFaults(): void {
     Object.assign(this.faults, noFaults());
@@ -249,7 +417,14 @@ export class TokenEndpoint {
         headers: { "content-type": faults.failContentType },
       });
     }
-    if (new URL(req.url).pathname !== "/token") {
+    const url = new URL(req.url);
+    if (url.pathname === "/authorize" || url.pathname === "/device") {
+      if (req.method !== "GET") return page(405, "Method not allowed");
+      return url.pathname === "/authorize"
+        ? this.#authorize(url.searchParams)
+        : this.#deviceVerification(url.searchParams);
+    }
+    if (url.pathname !== "/token" && url.pathname !== "/devicecode") {
       return json(404, { error: "not_found" });
     }
     if (req.method !== "POST") {
@@ -269,7 +444,10 @@ export class TokenEndpoint {
     } catch {
       return oauthError(400, "invalid_request", "Unreadable request body");
     }
-    return this.#dispatch(params, req.headers.get("authorization"));
+    const authorization = req.headers.get("authorization");
+    return url.pathname === "/token"
+      ? this.#dispatch(params, authorization)
+      : this.#authenticated(params, authorization, (client) => this.#deviceAuthorize(client));
   }
 
   #dispatch(params: URLSearchParams, authorization: string | null): Response {
@@ -285,6 +463,15 @@ export class TokenEndpoint {
         `Grant type ${JSON.stringify(grantType)} is not supported`,
       );
     }
+    return this.#authenticated(params, authorization, (client) => grant(params, client));
+  }
+
+  /** Runs `handler` for a known client, else answers `invalid_client` (RFC 6749 §5.2). */
+  #authenticated(
+    params: URLSearchParams,
+    authorization: string | null,
+    handler: (client: ClientCredentials) => Response,
+  ): Response {
     const client = this.#clientCredentials(params, authorization);
     // RFC 6749 §5.2: 401 with WWW-Authenticate when the client used the header.
     const challenge: Record<string, string> = authorization
@@ -298,7 +485,7 @@ export class TokenEndpoint {
         challenge,
       );
     }
-    return grant(params, client);
+    return handler(client);
   }
 
   /** Client credentials from HTTP Basic if present, else from the body. */
@@ -376,6 +563,197 @@ export class TokenEndpoint {
       body.refresh_token = account.refreshToken;
     }
     return json(200, body);
+  }
+
+  /** `POST /devicecode` (RFC 8628 §3.1–3.2). */
+  #deviceAuthorize(client: ClientCredentials): Response {
+    this.#dropExpiredDeviceGrants();
+    const deviceCode = randomToken();
+    let userCode = randomUserCode();
+    while (this.#byUserCode.has(userCode)) userCode = randomUserCode();
+    this.#deviceGrants.set(deviceCode, {
+      clientId: client.clientId,
+      userCode,
+      expiresAt: Date.now() + this.deviceCodeTtlSeconds * 1000,
+      polls: [],
+      done: false,
+    });
+    this.#byUserCode.set(userCode, deviceCode);
+    this.stats.deviceAuthorizations++;
+    const verificationUri = `${this.issuer}/device`;
+    return json(200, {
+      device_code: deviceCode,
+      user_code: userCode,
+      verification_uri: verificationUri,
+      verification_uri_complete: `${verificationUri}?user_code=${userCode}`,
+      expires_in: this.deviceCodeTtlSeconds,
+      interval: this.deviceIntervalSeconds,
+    });
+  }
+
+  /** The `device_code` grant (RFC 8628 §3.4–3.5). */
+  #deviceCodeGrant(params: URLSearchParams, client: ClientCredentials): Response {
+    this.stats.devicePolls++;
+    const deviceCode = params.get("device_code");
+    if (!deviceCode) return oauthError(400, "invalid_request", "Missing device_code");
+    const grant = this.#deviceGrants.get(deviceCode);
+    if (!grant || grant.done || grant.clientId !== client.clientId) {
+      return oauthError(400, "invalid_grant", "Unknown or used device_code");
+    }
+    const now = Date.now();
+    const previous = grant.polls.at(-1);
+    grant.polls.push(now);
+    if (now >= grant.expiresAt) {
+      return oauthError(400, "expired_token", "The device code has expired");
+    }
+    const tooSoon = previous !== undefined &&
+      now - previous < this.deviceIntervalSeconds * 1000 - POLL_TOLERANCE_MS;
+    if (this.faults.slowDownNext > 0 || tooSoon) {
+      if (!tooSoon) this.faults.slowDownNext--;
+      this.stats.slowDowns++;
+      return oauthError(400, "slow_down", "Polling too often; add 5 seconds to the interval");
+    }
+    if (grant.decision === undefined) {
+      return oauthError(400, "authorization_pending", "The user has not answered yet");
+    }
+    grant.done = true;
+    if (grant.decision === null) {
+      return oauthError(400, "access_denied", "The user denied the authorization request");
+    }
+    return this.#authorizationTokens(grant.decision, client);
+  }
+
+  /** `GET /device?user_code=…[&email=…]`: a person approving in the browser. */
+  #deviceVerification(query: URLSearchParams): Response {
+    const userCode = query.get("user_code") ?? "";
+    const deviceCode = this.#byUserCode.get(userCode.toUpperCase());
+    const grant = deviceCode === undefined ? undefined : this.#deviceGrants.get(deviceCode);
+    if (!grant) return page(400, "Sandbox: unknown user code; open verification_uri_complete.");
+    const email = query.get("email") ?? this.authorizeAs ??
+      this.#soleAccountOf(grant.clientId);
+    if (!email) {
+      return page(400, "Sandbox: several accounts use this client; add &email=ADDRESS.");
+    }
+    try {
+      this.approveDevice(userCode, email);
+    } catch (err) {
+      return page(400, `Sandbox: ${(err as Error).message}.`);
+    }
+    return page(200, `Sandbox: approved for ${email}. Return to the command line.`);
+  }
+
+  #soleAccountOf(clientId: string): string | undefined {
+    const matches = [...this.#accounts.values()].filter((a) => a.clientId === clientId);
+    return matches.length === 1 ? matches[0].email : undefined;
+  }
+
+  #dropExpiredDeviceGrants(): void {
+    const now = Date.now();
+    for (const [deviceCode, grant] of this.#deviceGrants) {
+      // Kept a while after expiry so late polls still get `expired_token`.
+      if (grant.expiresAt + 600_000 <= now) {
+        this.#deviceGrants.delete(deviceCode);
+        this.#byUserCode.delete(grant.userCode);
+      }
+    }
+  }
+
+  /**
+   * `GET /authorize` (RFC 6749 §4.1.1, RFC 7636): approves at once for the account named
+   * by `login_hint` (or {@link authorizeAs}). Client and redirect URI errors are shown,
+   * never redirected (§4.1.2.1).
+   */
+  #authorize(query: URLSearchParams): Response {
+    const clientId = query.get("client_id") ?? "";
+    const redirectUri = query.get("redirect_uri") ?? "";
+    if (![...this.#accounts.values()].some((a) => a.clientId === clientId)) {
+      return page(400, "Sandbox: unknown client_id.");
+    }
+    if (!isLoopbackRedirect(redirectUri)) {
+      return page(400, "Sandbox: redirect_uri must be a loopback http:// URL (RFC 8252).");
+    }
+    const back = (result: Record<string, string>) => {
+      const target = new URL(redirectUri);
+      const state = query.get("state");
+      for (const [name, value] of Object.entries(result)) target.searchParams.set(name, value);
+      if (state !== null) target.searchParams.set("state", state);
+      target.searchParams.set("iss", this.issuer);
+      return new Response(null, {
+        status: 302,
+        headers: { location: target.href, "cache-control": "no-store" },
+      });
+    };
+    const error = (code: string, description: string) =>
+      back({ error: code, error_description: description });
+    if (query.get("response_type") !== "code") {
+      return error("unsupported_response_type", "Only response_type=code is supported");
+    }
+    const codeChallenge = query.get("code_challenge");
+    if (!codeChallenge || query.get("code_challenge_method") !== "S256") {
+      return error("invalid_request", "PKCE with code_challenge_method=S256 is required");
+    }
+    if (this.denyAuthorizations) {
+      return error("access_denied", "The user denied the authorization request");
+    }
+    const email = (query.get("login_hint") ?? this.authorizeAs ?? "").toLowerCase();
+    if (this.#accounts.get(email)?.clientId !== clientId) {
+      return error("access_denied", "No such account for this client");
+    }
+    const code = randomToken();
+    const now = Date.now();
+    for (const [old, issued] of this.#codes) if (issued.expiresAt <= now) this.#codes.delete(old);
+    this.#codes.set(code, {
+      email,
+      clientId,
+      redirectUri,
+      codeChallenge,
+      expiresAt: now + AUTHORIZATION_CODE_TTL_MS,
+    });
+    this.stats.authorizationCodes++;
+    return back({ code });
+  }
+
+  /** The `authorization_code` grant with PKCE (RFC 6749 §4.1.3, RFC 7636 §4.6). */
+  #authorizationCodeGrant(params: URLSearchParams, client: ClientCredentials): Response {
+    const code = params.get("code");
+    if (!code) return oauthError(400, "invalid_request", "Missing code");
+    const issued = this.#codes.get(code);
+    this.#codes.delete(code); // single use, whatever happens next
+    const verifier = params.get("code_verifier");
+    const account = issued && this.#accounts.get(issued.email);
+    const problem = !issued || !account || Date.now() >= issued.expiresAt
+      ? "The authorization code is invalid, expired or used"
+      : issued.clientId !== client.clientId || !this.#clientMatches(account, client)
+      ? "The authorization code was issued to another client"
+      : params.get("redirect_uri") !== issued.redirectUri
+      ? "redirect_uri does not match the authorization request"
+      : !verifier || !sameSecret(s256(verifier), issued.codeChallenge)
+      ? "PKCE verification failed (code_verifier)"
+      : undefined;
+    if (problem) return oauthError(400, "invalid_grant", problem);
+    return this.#authorizationTokens(issued!.email, client);
+  }
+
+  /**
+   * Tokens for a completed authorization: a fresh access token and a new refresh token
+   * that replaces the account's current one.
+   */
+  #authorizationTokens(email: string, client: ClientCredentials): Response {
+    const account = this.#accounts.get(email);
+    if (!account || !this.#clientMatches(account, client)) {
+      return oauthError(400, "invalid_grant", "The grant was issued to another client");
+    }
+    this.#byRefreshToken.delete(account.refreshToken);
+    account.refreshToken = randomToken();
+    this.#byRefreshToken.set(account.refreshToken, email);
+    this.stats.authorizations++;
+    return json(200, {
+      access_token: this.#issueAccessToken(email),
+      token_type: "Bearer",
+      expires_in: Math.max(0, Math.round(this.accessTokenTtlSeconds)),
+      refresh_token: account.refreshToken,
+      scope: this.scope,
+    });
   }
 
   #issueAccessToken(email: string): string {

@@ -165,7 +165,7 @@ export class AccountTokens {
     try {
       // After a verdict of needs_reauth, `authorize` may have stored a new token.
       if (this.#state === "needs_reauth") this.#refreshToken = undefined;
-      const current = this.#refreshToken ??= await this.#initialRefreshToken();
+      let current = this.#refreshToken ??= await this.#initialRefreshToken();
       while (true) {
         attempts++;
         try {
@@ -173,10 +173,14 @@ export class AccountTokens {
           return await this.#accept(grant, current, attempts, background);
         } catch (err) {
           const error = toTokenError(err);
-          // A single invalid_grant can be a provider hiccup: one more try before the verdict.
+          // A single invalid_grant can be a provider hiccup, or `authorize` stored a new
+          // token meanwhile: one more try, with the stored token, before the verdict.
           const retryGrant: boolean = error.oauthError === "invalid_grant" && !invalidGrantRetried;
           if (error.kind === "permanent" && !retryGrant) throw error;
-          invalidGrantRetried ||= retryGrant;
+          if (retryGrant) {
+            invalidGrantRetried = true;
+            current = this.#refreshToken = await this.#initialRefreshToken().catch(() => current);
+          }
           const delay = backoff(o.retry, attempts, error.retryAfterMs);
           if (attempts >= o.retry.attempts || delay === undefined) throw error;
           await sleep(delay);

@@ -41,7 +41,8 @@ export class FileTokenStore implements TokenStore {
     this.#dir = join(stateDir, "tokens");
   }
 
-  #file(account: string): string {
+  /** The file that holds `account`'s token (for messages to operators). */
+  pathOf(account: string): string {
     return join(this.#dir, `${encodeURIComponent(account.toLowerCase())}.json`);
   }
 
@@ -49,14 +50,14 @@ export class FileTokenStore implements TokenStore {
   async load(account: string): Promise<StoredToken | undefined> {
     let text: string;
     try {
-      text = await Deno.readTextFile(this.#file(account));
+      text = await Deno.readTextFile(this.pathOf(account));
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) return undefined;
       throw err;
     }
     const data = JSON.parse(text);
     if (typeof data?.refreshToken !== "string" || typeof data?.configFingerprint !== "string") {
-      throw new Error(`${this.#file(account)}: not a token file`);
+      throw new Error(`${this.pathOf(account)}: not a token file`);
     }
     return data as StoredToken;
   }
@@ -77,7 +78,7 @@ export class FileTokenStore implements TokenStore {
   async #write(account: string, token: StoredToken): Promise<void> {
     this.#ready ??= Deno.mkdir(this.#dir, { recursive: true, mode: 0o700 });
     await this.#ready;
-    const target = this.#file(account);
+    const target = this.pathOf(account);
     const temp = `${target}.${crypto.randomUUID()}.tmp`;
     const file = await Deno.open(temp, { write: true, createNew: true, mode: 0o600 });
     try {
