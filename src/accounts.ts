@@ -1,13 +1,16 @@
 /**
- * Builds one account's token source and upstream settings from the config, for the
- * relay (`app.ts`) and the `check` command alike.
+ * One account's moving parts, built from its config: token source, upstream pool and
+ * quota, presented to the relay as a {@link RelayAccount}. Used by the relay (`app.ts`,
+ * which rebuilds only the accounts a reload changed) and by the `check` command.
  * @module
  */
 import type { AccountConfig, RelayConfig } from "./config/load.ts";
 import { DEFAULTS } from "./config/defaults.ts";
-import { AccountTokens, type RefreshOutcome } from "./tokens/manager.ts";
+import { AccountTokens, type RefreshOutcome, type TokenState } from "./tokens/manager.ts";
 import type { TokenStore } from "./tokens/store.ts";
-import type { UpstreamTarget } from "./upstream/pool.ts";
+import { type UpstreamObserver, UpstreamPool, type UpstreamTarget } from "./upstream/pool.ts";
+import type { RelayAccount } from "./relay/relay.ts";
+import { AccountQuota, type QuotaSnapshot } from "./quota/quota.ts";
 
 /** The token source of an account, with the config's token settings. */
 export function accountTokens(
@@ -52,5 +55,129 @@ export function upstreamTarget(config: RelayConfig, a: AccountConfig): UpstreamT
     connectTimeoutMs: DEFAULTS.upstreamConnectTimeoutMs,
     socketTimeoutMs: DEFAULTS.upstreamSocketTimeoutMs,
     idleTimeoutMs: DEFAULTS.upstreamIdleTimeoutMs,
+    sourceAddress: a.sourceAddress,
   };
+}
+
+/** What an operator sees of one account (`/accounts`, `status`). No secrets. */
+export interface AccountStatus {
+  /** Mailbox address. */
+  readonly account: string;
+  /** Provider preset. */
+  readonly provider: string;
+  /** Token state. */
+  readonly token: TokenState;
+  /** Latest token or delivery error, secret-free. */
+  readonly lastError?: string;
+  /** Open upstream connections and the cap. */
+  readonly connections: { readonly open: number; readonly max: number };
+  /** Quota usage in the current windows, with limits (0: none). */
+  readonly quota: {
+    readonly messagesToday: number;
+    readonly recipientsToday: number;
+    readonly lastMinute: number;
+    readonly limits: AccountConfig["quota"];
+  };
+}
+
+/** Shared parts an account runtime needs. */
+export interface AccountDeps {
+  /** Where rotated refresh tokens go. */
+  readonly tokenStore: TokenStore;
+  /** Token refresh hook (metrics, logs). */
+  readonly onRefresh: (account: string, outcome: RefreshOutcome) => void;
+  /** Upstream connection counting. */
+  readonly upstream?: UpstreamObserver;
+}
+
+/**
+ * One configured account at run time. A reload that leaves an account's config as it
+ * was keeps its runtime (tokens, pool, quota); a changed account gets a new runtime
+ * that takes over the quota counters, and the old one is retired once idle.
+ */
+export class AccountRuntime {
+  /** The config it was built from. */
+  readonly config: AccountConfig;
+  /** Canonical form of the config: equal keys, equal accounts. */
+  readonly key: string;
+  /** Token source. */
+  readonly tokens: AccountTokens;
+  /** Upstream pool. */
+  readonly pool: UpstreamPool;
+  /** Quota counters. */
+  readonly quota: AccountQuota;
+  /** What the relay uses. */
+  readonly relayAccount: RelayAccount;
+  #inflight = 0;
+  #retired = false;
+  #lastError?: string;
+
+  /** Builds the runtime; `quota` carries counters over from a previous runtime. */
+  constructor(
+    relayConfig: RelayConfig,
+    config: AccountConfig,
+    deps: AccountDeps,
+    quota?: QuotaSnapshot,
+  ) {
+    this.config = config;
+    this.key = accountKey(relayConfig, config);
+    this.tokens = accountTokens(
+      relayConfig,
+      config,
+      deps.tokenStore,
+      (o) => deps.onRefresh(config.email, o),
+    );
+    const tokens = this.tokens;
+    this.pool = new UpstreamPool(
+      upstreamTarget(relayConfig, config),
+      (renew) => renew ? tokens.renew() : tokens.get(),
+      deps.upstream,
+    );
+    this.quota = new AccountQuota(config.quota, quota);
+    this.relayAccount = {
+      email: config.email,
+      passwordHash: config.passwordHash,
+      aliases: config.aliases,
+      senders: config.senders,
+      quota: this.quota,
+      token: () => tokens.get(),
+      send: async (m) => {
+        this.#inflight++;
+        try {
+          const r = await this.pool.send(m);
+          if (r.kind === "unreachable") this.#lastError = r.detail;
+          else if (r.kind === "auth" || r.kind === "refused") {
+            this.#lastError = `${r.reply.code} ${r.reply.enhanced} ${r.reply.text}`;
+          }
+          return r;
+        } finally {
+          this.#inflight--;
+          if (this.#retired && this.#inflight === 0) this.pool.close();
+        }
+      },
+    };
+  }
+
+  /** Stops using this runtime: its pool closes once its last message is done. */
+  retire(): void {
+    this.#retired = true;
+    if (this.#inflight === 0) this.pool.close();
+  }
+
+  /** The operator's view. */
+  status(): AccountStatus {
+    return {
+      account: this.config.email,
+      provider: this.config.provider.kind,
+      token: this.tokens.state,
+      lastError: this.tokens.lastError?.message ?? this.#lastError,
+      connections: { open: this.pool.openConnections, max: this.config.maxConnections },
+      quota: { ...this.quota.usage(), limits: this.config.quota },
+    };
+  }
+}
+
+/** Everything that shapes an account's runtime, as a comparable string. */
+function accountKey(c: RelayConfig, a: AccountConfig): string {
+  return JSON.stringify([a, c.tokens, c.smtp.name]);
 }

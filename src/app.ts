@@ -1,16 +1,24 @@
 /**
  * Start-up wiring, the one place where the layers meet:
- * config → ingress → relay → tokens → upstream, plus metrics and the HTTP listener.
+ * config → ingress → relay → tokens → upstream, plus metrics, the HTTP listener,
+ * quota persistence, reload and graceful stop.
  * @module
  */
 import { getLogger } from "@logtape/logtape";
 import type { RelayConfig } from "./config/load.ts";
-import { accountTokens, upstreamTarget } from "./accounts.ts";
-import { type ListenerOptions, startIngress, type TlsMaterial } from "./ingress/server.ts";
-import { Relay, type RelayAccount } from "./relay/relay.ts";
-import type { AccountTokens, RefreshOutcome } from "./tokens/manager.ts";
+import { type AccountDeps, AccountRuntime, type AccountStatus } from "./accounts.ts";
+import {
+  type Ingress,
+  type IngressOptions,
+  type ListenerOptions,
+  startIngress,
+  type TlsMaterial,
+} from "./ingress/server.ts";
+import { Relay } from "./relay/relay.ts";
+import type { RefreshOutcome } from "./tokens/manager.ts";
 import { FileTokenStore } from "./tokens/store.ts";
-import { UpstreamPool } from "./upstream/pool.ts";
+import { FileStateStore } from "./state/store.ts";
+import { isQuotaSnapshot, type QuotaSnapshot } from "./quota/quota.ts";
 import { Metrics } from "./metrics.ts";
 import { startHttp } from "./http.ts";
 
@@ -20,51 +28,181 @@ export interface RunningRelay {
   readonly smtp: { host: string; port: number };
   /** Implicit-TLS listener address, when configured. */
   readonly smtps?: { host: string; port: number };
-  /** Re-reads the certificate files for new sessions; false when no TLS is configured. */
-  reloadTls(): Promise<boolean>;
   /** HTTP listener address. */
   readonly http: { host: string; port: number };
   /** The metrics (tests and the demo read them). */
   readonly metrics: Metrics;
-  /** Stops listeners and closes upstream pools. */
+  /** Re-reads the certificate files for new sessions; false when no TLS is configured. */
+  reloadTls(): Promise<boolean>;
+  /**
+   * Applies a new config: accounts added, removed or changed without dropping sessions
+   * (in-flight messages finish on the settings they started with). Listener settings
+   * need a restart; the returned notes say which changes were not applied.
+   */
+  reload(config: RelayConfig): Promise<string[]>;
+  /** The operator's view of every account. */
+  accounts(): AccountStatus[];
+  /**
+   * Graceful stop: no new sessions; idle sessions and new commands get 421 4.3.2; messages
+   * already in DATA finish until `deadlineMs`; then pools QUIT and state is flushed.
+   */
+  stop(deadlineMs: number): Promise<void>;
+  /** Immediate stop (tests). */
   close(): Promise<void>;
 }
 
 const log = getLogger(["relay", "app"]);
 const tokenLog = getLogger(["relay", "tokens"]);
+/** Quota counters are written at most this often (and at stop), ms. */
+const QUOTA_FLUSH_MS = 10_000;
 
 /** Starts everything the config describes. */
-export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
+export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
+  let config = initial;
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
-  const store = new FileTokenStore(config.stateDir);
-  const tokenSets: AccountTokens[] = [];
-  const pools: UpstreamPool[] = [];
-  const metrics = new Metrics(() => tokenSets.map((t) => t.state));
-
-  const accounts: RelayAccount[] = config.accounts.map((a) => {
-    const onRefresh = (outcome: RefreshOutcome) => {
+  checkSourceAddresses(config);
+  const quotaStore = new FileStateStore<QuotaSnapshot>(config.stateDir, "quota", isQuotaSnapshot);
+  let runtimes = new Map<string, AccountRuntime>();
+  const metrics = new Metrics(() => [...runtimes.values()].map((r) => r.tokens.state), {
+    perAccount: config.metrics.perAccount,
+  });
+  const deps: AccountDeps = {
+    tokenStore: new FileTokenStore(config.stateDir),
+    onRefresh: (account, outcome) => {
       metrics.tokenRefreshed(outcome);
-      logRefresh(a.email, outcome);
-    };
-    const tokens = accountTokens(config, a, store, onRefresh);
-    const pool = new UpstreamPool(
-      upstreamTarget(config, a),
-      (renew) => renew ? tokens.renew() : tokens.get(),
-      metrics,
-    );
-    tokenSets.push(tokens);
-    pools.push(pool);
-    return {
-      email: a.email,
-      passwordHash: a.passwordHash,
-      aliases: a.aliases,
-      senders: a.senders,
-      token: () => tokens.get(),
-      send: (m) => pool.send(m),
-    };
+      logRefresh(account, outcome);
+    },
+    upstream: metrics,
+  };
+
+  /** Builds runtimes for `next`, reusing unchanged ones and carrying quota counters over. */
+  const build = async (next: RelayConfig) => {
+    const built = new Map<string, AccountRuntime>();
+    for (const a of next.accounts) {
+      const id = a.email.toLowerCase();
+      const old = runtimes.get(id);
+      const candidate = new AccountRuntime(next, a, deps, old?.quota.snapshot());
+      if (old && old.key === candidate.key) {
+        candidate.retire();
+        built.set(id, old);
+        continue;
+      }
+      if (!old) {
+        const stored = await quotaStore.load(a.email).catch(() => undefined);
+        built.set(id, stored ? new AccountRuntime(next, a, deps, stored) : candidate);
+        if (stored) candidate.retire();
+      } else built.set(id, candidate);
+    }
+    return built;
+  };
+
+  runtimes = await build(config);
+  const relay = new Relay(
+    [...runtimes.values()].map((r) => r.relayAccount),
+    config.senderDomains,
+    metrics,
+  );
+  const ingress = await startIngress(await ingressOptions(config, relay, metrics));
+
+  const flushQuotas = async (all = false) => {
+    await Promise.all([...runtimes.values()].map(async (r) => {
+      if (!all && !r.quota.dirty) return;
+      await quotaStore.save(r.config.email, r.quota.snapshot()).catch((err) =>
+        log.error("cannot save quota counters of {account}: {error}", {
+          account: r.config.email,
+          error: err instanceof Error ? err.message : String(err),
+        })
+      );
+    }));
+  };
+  const flushTimer = setInterval(() => void flushQuotas(), QUOTA_FLUSH_MS);
+
+  let listening = true;
+  const http = await startHttp({
+    host: config.http.host,
+    port: config.http.port,
+    registry: metrics.registry,
+    accounts: () => [...runtimes.values()].map((r) => r.status()),
+    adminToken: adminToken(),
+    readiness: () => {
+      const states = [...runtimes.values()].map((r) => r.tokens.state);
+      return {
+        listening,
+        accounts: {
+          total: states.length,
+          ok: states.filter((s) => s === "ok").length,
+          failing: states.filter((s) => s === "failing").length,
+          needsReauth: states.filter((s) => s === "needs_reauth").length,
+        },
+      };
+    },
+  });
+  log.info("SMTP on {smtp}, metrics on {http}, {accounts} accounts", {
+    smtp: ingress.addresses.map((a) => `${a.host}:${a.port}`).join(", "),
+    http: `${http.address.host}:${http.address.port}`,
+    accounts: runtimes.size,
   });
 
-  const relay = new Relay(accounts, config.senderDomains, metrics);
+  const reloadTls = async () => {
+    if (!config.tls) return false;
+    ingress.updateTls(await readTls(config.tls));
+    log.info("TLS certificate reloaded from {cert}", { cert: config.tls.certFile });
+    return true;
+  };
+  let stopped = false;
+  const shutdown = async (deadlineMs: number) => {
+    if (stopped) return;
+    stopped = true;
+    listening = false;
+    clearInterval(flushTimer);
+    if (deadlineMs > 0) await ingress.drain(deadlineMs);
+    else await ingress.close();
+    for (const r of runtimes.values()) r.retire();
+    await flushQuotas(true);
+    await http.close();
+    metrics.stop();
+  };
+
+  return {
+    smtp: ingress.addresses[0],
+    smtps: ingress.addresses[1],
+    http: http.address,
+    metrics,
+    reloadTls,
+    async reload(next) {
+      checkSourceAddresses(next);
+      const notes = listenerChanges(config, next);
+      const previous = runtimes;
+      const built = await build(next);
+      runtimes = built;
+      relay.update([...built.values()].map((r) => r.relayAccount), next.senderDomains);
+      for (const [id, r] of previous) if (built.get(id) !== r) r.retire();
+      const added = [...built.keys()].filter((k) => !previous.has(k)).length;
+      const removed = [...previous.keys()].filter((k) => !built.has(k)).length;
+      const changed = [...built].filter(([k, r]) => previous.has(k) && previous.get(k) !== r)
+        .length;
+      const tlsChanged = JSON.stringify(config.tls) !== JSON.stringify(next.tls);
+      config = { ...next, smtp: config.smtp, smtps: config.smtps, http: config.http };
+      if (next.tls && !tlsChanged) await reloadTls();
+      log.info("configuration reloaded: {added} added, {removed} removed, {changed} changed", {
+        added,
+        removed,
+        changed,
+      });
+      for (const note of notes) log.warn("not applied until restart: {note}", { note });
+      return notes;
+    },
+    accounts: () => [...runtimes.values()].map((r) => r.status()),
+    stop: (deadlineMs) => shutdown(deadlineMs),
+    close: () => shutdown(0),
+  };
+}
+
+async function ingressOptions(
+  config: RelayConfig,
+  relay: Relay,
+  metrics: Metrics,
+): Promise<IngressOptions> {
   const listeners: ListenerOptions[] = [{
     host: config.smtp.host,
     port: config.smtp.port,
@@ -82,7 +220,7 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
     });
   }
   const limits = config.limits;
-  const ingress = await startIngress({
+  return {
     listeners,
     name: config.smtp.name,
     tls: config.tls ? await readTls(config.tls) : undefined,
@@ -97,47 +235,50 @@ export async function startRelay(config: RelayConfig): Promise<RunningRelay> {
     },
     backend: relay,
     observer: metrics,
-    onError: (err) => log.debug("client connection error: {error}", { error: String(err) }),
-  });
-  let listening = true;
-  const http = await startHttp({
-    host: config.http.host,
-    port: config.http.port,
-    registry: metrics.registry,
-    readiness: () => ({
-      listening,
-      accounts: {
-        total: tokenSets.length,
-        ok: tokenSets.filter((t) => t.state === "ok").length,
-        failing: tokenSets.filter((t) => t.state === "failing").length,
-        needsReauth: tokenSets.filter((t) => t.state === "needs_reauth").length,
-      },
-    }),
-  });
-  log.info("SMTP on {smtp}, metrics on {http}, {accounts} accounts", {
-    smtp: ingress.addresses.map((a) => `${a.host}:${a.port}`).join(", "),
-    http: `${http.address.host}:${http.address.port}`,
-    accounts: accounts.length,
-  });
-
-  return {
-    smtp: ingress.addresses[0],
-    smtps: ingress.addresses[1],
-    http: http.address,
-    metrics,
-    async reloadTls() {
-      if (!config.tls) return false;
-      ingress.updateTls(await readTls(config.tls));
-      log.info("TLS certificate reloaded from {cert}", { cert: config.tls.certFile });
-      return true;
-    },
-    async close() {
-      listening = false;
-      await ingress.close();
-      for (const pool of pools) pool.close();
-      await http.close();
-    },
+    onError: (err: unknown) =>
+      log.debug("client connection error: {error}", { error: String(err) }),
   };
+}
+
+/** Settings a reload cannot change in place (listeners, ports, limits, state directory). */
+function listenerChanges(old: RelayConfig, next: RelayConfig): string[] {
+  const notes: string[] = [];
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  if (!same(old.smtp, next.smtp)) notes.push("smtp listener settings");
+  if (!same(old.smtps, next.smtps)) notes.push("smtps listener settings");
+  if (!same(old.http, next.http)) notes.push("http listener settings");
+  if (!same(old.limits, next.limits)) notes.push("limits");
+  if (old.stateDir !== next.stateDir) notes.push("stateDir");
+  if (!same(old.tls, next.tls)) notes.push("tls file names (the files themselves are re-read)");
+  return notes;
+}
+
+/**
+ * A source address must be usable before any message depends on it: Deno needs
+ * `--allow-net=<address>:0` to bind it, and without it would fail on the first connection.
+ */
+function checkSourceAddresses(config: RelayConfig): void {
+  for (const a of config.accounts) {
+    if (!a.sourceAddress) continue;
+    const host = a.sourceAddress.includes(":") ? `[${a.sourceAddress}]:0` : `${a.sourceAddress}:0`;
+    const state = Deno.permissions.querySync({ name: "net", host }).state;
+    if (state !== "granted") {
+      throw new Error(
+        `${a.email}: sourceAddress ${a.sourceAddress} needs --allow-net=${host} (not granted)`,
+      );
+    }
+  }
+}
+
+/** Name of the variable holding the `/accounts` bearer token. */
+export const ADMIN_TOKEN_ENV = "RELAY_ADMIN_TOKEN";
+
+function adminToken(): string | undefined {
+  try {
+    return Deno.env.get(ADMIN_TOKEN_ENV) || undefined;
+  } catch {
+    return undefined; // no env permission (demo): /accounts stays loopback-only
+  }
 }
 
 async function readTls(tls: { certFile: string; keyFile: string }): Promise<TlsMaterial> {
@@ -173,3 +314,5 @@ function logRefresh(account: string, o: RefreshOutcome): void {
   }
   tokenLog.debug("token refreshed for {account}", { account, rotated: o.rotated });
 }
+
+export type { Ingress };

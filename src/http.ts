@@ -27,6 +27,13 @@ export interface HttpOptions {
   readonly registry: Registry;
   /** Current readiness, computed per request. */
   readonly readiness: () => Readiness;
+  /** Per-account status for `/accounts`. */
+  readonly accounts: () => unknown[];
+  /**
+   * Bearer token for `/accounts` (from the environment). Without one, `/accounts`
+   * answers loopback clients only.
+   */
+  readonly adminToken?: string;
 }
 
 /** A running HTTP listener. */
@@ -45,6 +52,26 @@ export function isReady(r: Readiness): boolean {
   return r.listening && r.accounts.total > r.accounts.failing + r.accounts.needsReauth;
 }
 
+/** 401/403 unless the request may see `/accounts`; undefined when it may. */
+function checkAdmin(request: Request, remote: string, token?: string): Response | undefined {
+  if (token) {
+    const given = request.headers.get("authorization") ?? "";
+    const expected = `Bearer ${token}`;
+    const a = new TextEncoder().encode(given), b = new TextEncoder().encode(expected);
+    let diff = a.length ^ b.length;
+    for (let i = 0; i < b.length; i++) diff |= (a[i] ?? 0) ^ b[i];
+    if (diff !== 0) {
+      return new Response("bearer token required\n", {
+        status: 401,
+        headers: { "www-authenticate": "Bearer" },
+      });
+    }
+    return undefined;
+  }
+  const loopback = remote === "::1" || remote.startsWith("127.") || remote === "::ffff:127.0.0.1";
+  return loopback ? undefined : new Response("loopback only\n", { status: 403 });
+}
+
 /** Starts the HTTP listener. */
 export function startHttp(o: HttpOptions): Promise<HttpServer> {
   const { promise, resolve } = Promise.withResolvers<
@@ -54,7 +81,7 @@ export function startHttp(o: HttpOptions): Promise<HttpServer> {
     hostname: o.host,
     port: o.port,
     onListen: (addr) => resolve({ host: addr.hostname, port: addr.port }),
-  }, async (request) => {
+  }, async (request, info) => {
     const path = new URL(request.url).pathname;
     if (request.method !== "GET" && request.method !== "HEAD") {
       return new Response("method not allowed\n", { status: 405 });

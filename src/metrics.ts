@@ -6,11 +6,21 @@
 import client from "prom-client";
 import type { IngressObserver } from "./ingress/backend.ts";
 import type { MessageResult, RelayObserver } from "./relay/relay.ts";
+import type { QuotaKind } from "./quota/quota.ts";
 import type { UpstreamObserver } from "./upstream/pool.ts";
 import type { RefreshOutcome, TokenState } from "./tokens/manager.ts";
 
 /** Message duration buckets, seconds: from a loopback hop to a slow provider. */
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** Options of {@link Metrics}. */
+export interface MetricsOptions {
+  /** Adds `smtp_relay_account_messages_total{account,result}` (one series per account). */
+  readonly perAccount: boolean;
+}
+
+/** Event-loop lag is sampled this often, ms. */
+const LAG_SAMPLE_MS = 500;
 
 /** All relay metrics; implements the observer hooks of each layer. */
 export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver {
@@ -23,9 +33,17 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
   readonly #upstream: client.Gauge;
   readonly #sessions: client.Gauge;
   readonly #ingressRefusals: client.Counter<"reason">;
+  readonly #quota: client.Counter<"kind">;
+  readonly #reloads: client.Counter<"result">;
+  readonly #perAccount?: client.Counter<"account" | "result">;
+  readonly #lagTimer: ReturnType<typeof setInterval>;
+  #lagMax = 0;
 
   /** `accountStates` is read at scrape time for the accounts-by-state gauge. */
-  constructor(accountStates: () => Iterable<TokenState>) {
+  constructor(
+    accountStates: () => Iterable<TokenState>,
+    options: MetricsOptions = { perAccount: false },
+  ) {
     const registers = [this.registry];
     this.#messages = new client.Counter({
       name: "smtp_relay_messages_total",
@@ -83,24 +101,92 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
         for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
       },
     });
+    this.#quota = new client.Counter({
+      name: "smtp_relay_quota_deferrals_total",
+      help: "Messages deferred because an account quota was spent, by quota.",
+      labelNames: ["kind"],
+      registers,
+    });
+    this.#reloads = new client.Counter({
+      name: "smtp_relay_config_reloads_total",
+      help: "Configuration reloads (SIGHUP), by result.",
+      labelNames: ["result"],
+      registers,
+    });
+    if (options.perAccount) {
+      this.#perAccount = new client.Counter({
+        name: "smtp_relay_account_messages_total",
+        help: "Messages by account and outcome (opt-in: metrics.perAccount).",
+        labelNames: ["account", "result"],
+        registers,
+      });
+    }
+    // prom-client's process metrics read /proc, which the permission flags do not allow.
     new client.Gauge({
-      name: "smtp_relay_resident_memory_bytes",
-      help: "Resident set size of the relay process.",
+      name: "process_resident_memory_bytes",
+      help: "Resident memory size in bytes.",
       registers,
       collect() {
         this.set(Deno.memoryUsage().rss);
       },
     });
+    new client.Gauge({
+      name: "smtp_relay_heap_used_bytes",
+      help: "V8 heap in use, bytes.",
+      registers,
+      collect() {
+        this.set(Deno.memoryUsage().heapUsed);
+      },
+    });
+    const self = this;
+    new client.Gauge({
+      name: "smtp_relay_event_loop_lag_seconds",
+      help: "Largest event-loop delay seen since the previous scrape, seconds.",
+      registers,
+      collect() {
+        this.set(self.#lagMax / 1000);
+        self.#lagMax = 0;
+      },
+    });
+    let expected = performance.now() + LAG_SAMPLE_MS;
+    this.#lagTimer = setInterval(() => {
+      const now = performance.now();
+      this.#lagMax = Math.max(this.#lagMax, now - expected);
+      expected = now + LAG_SAMPLE_MS;
+    }, LAG_SAMPLE_MS);
+    Deno.unrefTimer(this.#lagTimer);
     // Pre-create label values so rates work from the first scrape.
     for (const r of ["delivered", "rejected", "deferred"]) this.#messages.inc({ result: r }, 0);
     for (const r of ["success", "failure"]) this.#refreshes.inc({ result: r }, 0);
+    for (const r of ["success", "failure"]) this.#reloads.inc({ result: r }, 0);
+  }
+
+  /** Stops the event-loop sampler. */
+  stop(): void {
+    clearInterval(this.#lagTimer);
   }
 
   /** @inheritdoc */
-  messageDone(result: MessageResult, seconds: number, refusedRecipients: number): void {
+  messageDone(
+    result: MessageResult,
+    seconds: number,
+    refusedRecipients: number,
+    account: string,
+  ): void {
     this.#messages.inc({ result });
     this.#duration.observe({ result }, seconds);
     if (refusedRecipients) this.#refusedRecipients.inc(refusedRecipients);
+    this.#perAccount?.inc({ account, result });
+  }
+
+  /** @inheritdoc */
+  quotaDeferred(kind: QuotaKind): void {
+    this.#quota.inc({ kind });
+  }
+
+  /** Counts a configuration reload. */
+  configReloaded(ok: boolean): void {
+    this.#reloads.inc({ result: ok ? "success" : "failure" });
   }
 
   /** Counts a refresh attempt (hook for tokens/manager). */

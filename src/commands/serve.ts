@@ -8,6 +8,7 @@ import { getLogger } from "@logtape/logtape";
 import { startRelay } from "../app.ts";
 import { type LogFormat, setupLogging } from "../log.ts";
 import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
+import { ConfigError, loadConfig, type RelayConfig } from "../config/load.ts";
 
 /** Usage line of this command. */
 export const SERVE_USAGE = "[serve] [--config PATH] [--host HOST] [--port N] [--metrics-port N]\n" +
@@ -40,11 +41,12 @@ export async function serveCommand(args: string[]): Promise<number> {
   const metricsPort = parsePort("metrics-port", values["metrics-port"]);
   const loaded = await loadConfigOrReport(values.config);
   if (!loaded) return EXIT_USAGE;
-  const config = {
-    ...loaded,
-    smtp: { ...loaded.smtp, host: values.host ?? loaded.smtp.host, port: port ?? loaded.smtp.port },
-    http: { ...loaded.http, port: metricsPort ?? loaded.http.port },
-  };
+  const withOverrides = (c: RelayConfig): RelayConfig => ({
+    ...c,
+    smtp: { ...c.smtp, host: values.host ?? c.smtp.host, port: port ?? c.smtp.port },
+    http: { ...c.http, port: metricsPort ?? c.http.port },
+  });
+  const config = withOverrides(loaded);
   await setupLogging(format as LogFormat, level);
   let relay;
   try {
@@ -54,19 +56,35 @@ export async function serveCommand(args: string[]): Promise<number> {
     return 1;
   }
   const log = getLogger(["relay", "app"]);
+  let generation = 0;
+  let reloading = Promise.resolve();
   const onHangup = () => {
-    relay.reloadTls().catch((err) =>
-      log.error("TLS reload failed, keeping the old certificate: {error}", {
-        error: err instanceof Error ? err.message : String(err),
-      })
-    );
+    reloading = reloading.then(async () => {
+      try {
+        const next = await loadConfig(values.config, ++generation);
+        await relay.reload(withOverrides(next));
+        relay.metrics.configReloaded(true);
+      } catch (err) {
+        relay.metrics.configReloaded(false);
+        const problems = err instanceof ConfigError
+          ? err.problems
+          : [err instanceof Error ? err.message : String(err)];
+        log.error("reload failed, the previous configuration stays in force", {});
+        for (const problem of problems) log.error("  {problem}", { problem });
+      }
+    });
   };
   Deno.addSignalListener("SIGHUP", onHangup);
-  await new Promise<void>((done) => {
-    Deno.addSignalListener("SIGINT", done);
-    Deno.addSignalListener("SIGTERM", done);
+  const signal = await new Promise<string>((done) => {
+    Deno.addSignalListener("SIGINT", () => done("SIGINT"));
+    Deno.addSignalListener("SIGTERM", () => done("SIGTERM"));
   });
   Deno.removeSignalListener("SIGHUP", onHangup);
-  await relay.close();
+  log.info("{signal}: draining (up to {seconds} s)", {
+    signal,
+    seconds: config.shutdownTimeoutSeconds,
+  });
+  await relay.stop(config.shutdownTimeoutSeconds * 1000);
+  log.info("stopped", {});
   return 0;
 }

@@ -42,6 +42,8 @@ export const DEFAULTS = {
   httpHost: "127.0.0.1",
   /** Metrics and health listener port. */
   httpPort: 9090,
+  /** On SIGTERM, messages already in DATA get this long to finish, in s. */
+  shutdownTimeoutSeconds: 30,
   /** Directory for rotated refresh tokens (mode 0700, files 0600). */
   stateDir: "./state",
   /** An access token is refreshed this long before it expires, in seconds. */

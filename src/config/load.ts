@@ -10,10 +10,12 @@ import { configSchema, type ParsedAccount, type ParsedConfig } from "./schema.ts
 import {
   GOOGLE,
   microsoft,
+  NO_QUOTA,
   OUTLOOK,
   type ProviderEndpoints,
   SANDBOX_DEFAULTS,
 } from "./providers.ts";
+import type { QuotaLimits } from "../quota/quota.ts";
 import { SANDBOX_CA_PEM } from "../sandbox/tls.ts";
 
 /** One validated account with its provider resolved. */
@@ -36,6 +38,10 @@ export interface AccountConfig {
   readonly aliases: readonly string[];
   /** Sender policy: `own` (account and aliases) or `any`. */
   readonly senders: "own" | "any";
+  /** Sending quotas (provider defaults, overridden per account; 0: none). */
+  readonly quota: QuotaLimits;
+  /** Local address upstream connections are made from, if set. */
+  readonly sourceAddress?: string;
 }
 
 /** A validated config: defaults applied, secrets resolved, presets expanded. */
@@ -56,9 +62,15 @@ export class ConfigError extends Error {
   }
 }
 
-/** Imports the config module at `path` and validates its default export. */
-export async function loadConfig(path: string): Promise<RelayConfig> {
-  const url = pathToFileURL(resolve(path)).href;
+/**
+ * Imports the config module at `path` and validates its default export. Pass a new
+ * `generation` to import the file again (reload).
+ */
+export async function loadConfig(path: string, generation = 0): Promise<RelayConfig> {
+  // A new query string makes a new module: how a reload re-imports the file. (Modules
+  // the config imports itself are not re-imported.)
+  const base = pathToFileURL(resolve(path)).href;
+  const url = generation > 0 ? `${base}?reload=${generation}` : base;
   let mod: { default?: unknown };
   try {
     mod = await import(url);
@@ -96,6 +108,8 @@ function resolveAccount(a: ParsedAccount): AccountConfig {
     maxConnections: a.maxConnections ?? provider.maxConnections,
     aliases: a.aliases,
     senders: a.senders,
+    quota: { ...provider.quota, ...a.quota },
+    sourceAddress: a.sourceAddress,
   };
 }
 
@@ -118,6 +132,7 @@ function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {
         smtpPort: p.smtpPort,
         tls: p.tls,
         maxConnections: p.maxConnections ?? 5,
+        quota: NO_QUOTA,
       };
     case "sandbox": {
       const tokenUrl = p.tokenUrl ?? SANDBOX_DEFAULTS.tokenUrl;
@@ -133,6 +148,7 @@ function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {
         tls: "starttls",
         ca: SANDBOX_CA_PEM,
         maxConnections: SANDBOX_DEFAULTS.maxConnections,
+        quota: NO_QUOTA,
       };
     }
   }

@@ -4,6 +4,8 @@
  * @module
  */
 
+import type { QuotaLimits } from "../quota/quota.ts";
+
 /** How the relay protects its upstream SMTP connection. */
 export type UpstreamTls = "starttls" | "implicit";
 
@@ -31,7 +33,23 @@ export interface ProviderEndpoints {
   readonly ca?: string;
   /** Default cap on concurrent upstream connections per account. */
   readonly maxConnections: number;
+  /** Default sending quotas per account (0: none). */
+  readonly quota: QuotaLimits;
 }
+
+const NO_QUOTA: QuotaLimits = { messagesPerDay: 0, recipientsPerDay: 0, messagesPerMinute: 0 };
+/** Google Workspace: 2,000 messages and 10,000 recipients per rolling day. */
+const GOOGLE_QUOTA: QuotaLimits = {
+  messagesPerDay: 2_000,
+  recipientsPerDay: 10_000,
+  messagesPerMinute: 0,
+};
+/** Exchange Online: 30 messages per minute, 10,000 recipients per day. */
+const MICROSOFT_QUOTA: QuotaLimits = {
+  messagesPerDay: 0,
+  recipientsPerDay: 10_000,
+  messagesPerMinute: 30,
+};
 
 /** Google Workspace / Gmail. Gmail tolerates ~10 concurrent SMTP sessions per user. */
 export const GOOGLE: ProviderEndpoints = {
@@ -45,6 +63,7 @@ export const GOOGLE: ProviderEndpoints = {
   smtpPort: 587,
   tls: "starttls",
   maxConnections: 5,
+  quota: GOOGLE_QUOTA,
 };
 
 const MICROSOFT_SCOPE = "https://outlook.office.com/SMTP.Send offline_access";
@@ -62,6 +81,7 @@ export function microsoft(tenant: string): ProviderEndpoints {
     smtpPort: 587,
     tls: "starttls",
     maxConnections: 3,
+    quota: MICROSOFT_QUOTA,
   };
 }
 
@@ -76,6 +96,7 @@ export const OUTLOOK: ProviderEndpoints = {
   smtpPort: 587,
   tls: "starttls",
   maxConnections: 3,
+  quota: MICROSOFT_QUOTA,
 };
 
 /** Where the built-in sandbox provider listens by default (`deno task demo`). */
@@ -88,3 +109,6 @@ export const SANDBOX_DEFAULTS = {
   scope: "https://sandbox.localhost/smtp",
   maxConnections: 5,
 } as const;
+
+/** Custom providers and the sandbox have no quota unless the account sets one. */
+export { NO_QUOTA };

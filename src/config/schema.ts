@@ -140,6 +140,19 @@ const account = z.object({
    * (the provider decides; Gmail rewrites unknown senders to the account).
    */
   senders: z.enum(["own", "any"], { error: "expected 'own' or 'any'" }).default("own"),
+  /** Overrides of the provider's quotas (0: no limit). */
+  quota: z.object({
+    messagesPerDay: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)").optional(),
+    recipientsPerDay: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)")
+      .optional(),
+    messagesPerMinute: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)")
+      .optional(),
+  }).strict().optional(),
+  /**
+   * Local IP address this account's upstream connections come from (one IP per sender
+   * keeps reputations apart). Needs `--allow-net=<address>:0`. Never silently replaced.
+   */
+  sourceAddress: z.string().refine(isIpAddress, "expected a local IP address").optional(),
 }).strict();
 
 const listenerExtras = {
@@ -194,6 +207,11 @@ export const configSchema = z.object({
     idleTimeoutSeconds: positiveInt.default(DEFAULTS.idleTimeoutSeconds),
     sessionTimeoutSeconds: positiveInt.default(DEFAULTS.sessionTimeoutSeconds),
   }).strict().prefault({}),
+  /** Observability options. */
+  metrics: z.object({
+    /** Adds per-account series (one per account and result): opt-in, they multiply. */
+    perAccount: z.boolean("expected true or false").default(false),
+  }).strict().prefault({}),
   /** For trusted-network clients: a sender domain → the account that sends its mail. */
   senderDomains: z.record(
     z.string().regex(/^[a-z0-9.-]+\.[a-z]{2,}$/i, "expected a domain name"),
@@ -204,6 +222,9 @@ export const configSchema = z.object({
     host: host.default(DEFAULTS.httpHost),
     port: port.default(DEFAULTS.httpPort),
   }).strict().prefault({}),
+  /** On SIGTERM, messages already in DATA get this long to finish (seconds). */
+  shutdownTimeoutSeconds: z.int("expected an integer").min(0, "expected seconds >= 0")
+    .default(DEFAULTS.shutdownTimeoutSeconds),
   /** Where rotated refresh tokens are kept. */
   stateDir: text("expected a directory path").default(DEFAULTS.stateDir),
   /** Token handling. */

@@ -74,7 +74,15 @@ export interface Ingress {
   readonly addresses: readonly { host: string; port: number }[];
   /** Replaces the certificate for new sessions; open sessions keep theirs. */
   updateTls(tls: TlsMaterial): void;
-  /** Stops listening and closes sessions. */
+  /** Open client sessions. */
+  readonly sessions: number;
+  /**
+   * Graceful stop: no new connections; idle sessions and every new command get
+   * `421 4.3.2`; a message already in DATA finishes (its client gets the real reply) until
+   * `deadlineMs`, after which the rest are cut off. Resolves when every session is gone.
+   */
+  drain(deadlineMs: number): Promise<void>;
+  /** Stops listening and closes sessions at once. */
   close(): Promise<void>;
 }
 
@@ -89,6 +97,8 @@ interface SessionState {
   unauthenticatedRefusals: number;
   timer?: ReturnType<typeof setTimeout>;
   admitted: boolean;
+  /** Between DATA and the reply to it: the transaction the drain lets finish. */
+  busy: boolean;
 }
 
 const AUTH_FAILED = reply(535, "5.7.8", "Authentication credentials invalid");
@@ -100,6 +110,7 @@ const NEEDS_TLS = reply(
 );
 const THROTTLED = reply(421, "4.7.0", "Too many failed authentications, try again later");
 const SESSION_LIMIT = "4.4.2 Session time limit exceeded, closing";
+const SHUTTING_DOWN = "4.3.2 Service shutting down, try again later";
 
 /** An error smtp-server turns into a reply line. */
 function smtpError(r: Reply): Error & { responseCode: number } {
@@ -153,6 +164,11 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
   const servers: Listener[] = [];
 
   const state = (session: SMTPServerSession) => sessions.get(session.id)!;
+  let draining = false;
+  let drained: (() => void) | undefined;
+  const checkDrained = () => {
+    if (draining && sessions.size === 0) drained?.();
+  };
   const closeWith = (sessionId: string, code: number, text: string) => {
     connections.get(sessionId)?.send(code, text);
   };
@@ -187,8 +203,10 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           trusted: trusted.has(ip),
           unauthenticatedRefusals: 0,
           admitted: false,
+          busy: false,
         };
         sessions.set(session.id, s);
+        if (draining) return callback(smtpError(reply(421, "4.3.2", SHUTTING_DOWN.slice(6))));
         const admitted = limiter.admit(ip);
         if (admitted !== "ok") {
           observer?.refused(admitted === "ip" ? "per_ip" : "clients");
@@ -214,6 +232,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           limiter.release(s.ip);
           observer?.sessionClosed();
         }
+        checkDrained();
       },
 
       onAuth(auth, session, callback) {
@@ -278,8 +297,15 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         callback();
       },
 
-      onData(stream, session, callback) {
+      onData(stream, session, reply_) {
         const s = state(session);
+        s.busy = true;
+        // After the reply, a draining relay ends the session (the reply goes out first).
+        const callback: typeof reply_ = (err, message) => {
+          s.busy = false;
+          reply_(err, message);
+          if (draining) setTimeout(() => closeWith(session.id, 421, SHUTTING_DOWN), 0);
+        };
         collect(stream).then((message) => {
           if ((stream as SMTPServerDataStream).sizeExceeded) {
             observer?.refused("size");
@@ -336,15 +362,28 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         server.updateSecureContext({ key: tls.key, cert: tls.cert, minVersion: "TLSv1.2" });
       }
     },
+    get sessions() {
+      return sessions.size;
+    },
+    async drain(deadlineMs) {
+      draining = true;
+      const done = new Promise<void>((ok) => drained = ok);
+      for (const server of servers) server.server.close();
+      for (const [id, s] of sessions) if (!s.busy) closeWith(id, 421, SHUTTING_DOWN);
+      checkDrained();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const deadline = new Promise<void>((ok) => timer = setTimeout(ok, deadlineMs));
+      await Promise.race([done, deadline]);
+      clearTimeout(timer);
+      await Promise.all(servers.map((s) => closeServer(s)));
+    },
     close: () => Promise.all(servers.map((s) => closeServer(s))).then(() => {}),
   };
 }
 
+/** smtp-server's close: stop listening, then end every remaining session. */
 function closeServer(server: SMTPServer): Promise<void> {
-  return new Promise<void>((ok) => {
-    if (!server.server.listening) return ok();
-    server.close(() => ok());
-  });
+  return new Promise<void>((ok) => server.close(() => ok()));
 }
 
 /** Reads the DATA stream into one buffer (drained to the end even when oversized). */

@@ -10,9 +10,11 @@ import { formatReply, type Reply, reply } from "../smtp/reply.ts";
 import type { OutgoingMessage, UpstreamResult } from "../upstream/pool.ts";
 import { TokenError } from "../tokens/oauth.ts";
 import { PasswordVerifier, verifyNobody } from "./password.ts";
+import type { AccountQuota, QuotaKind } from "../quota/quota.ts";
 
 /** How one message ended, as counted in metrics. */
 export type MessageResult =
+  | "quota"
   | "delivered"
   | "partial"
   | "rejected"
@@ -31,6 +33,8 @@ export interface RelayAccount {
   readonly aliases: readonly string[];
   /** `own`: MAIL FROM must be the account or an alias; `any`: no check. */
   readonly senders: "own" | "any";
+  /** Sending quotas; a message that would overrun one is deferred. */
+  readonly quota: AccountQuota;
   /** A valid access token, or a {@link TokenError}. */
   readonly token: () => Promise<unknown>;
   /** Sends one message upstream. */
@@ -40,7 +44,14 @@ export interface RelayAccount {
 /** Receives every message outcome (metrics). */
 export interface RelayObserver {
   /** One message is done. */
-  messageDone(result: MessageResult, seconds: number, refusedRecipients: number): void;
+  messageDone(
+    result: MessageResult,
+    seconds: number,
+    refusedRecipients: number,
+    account: string,
+  ): void;
+  /** A message was deferred by a quota. */
+  quotaDeferred(kind: QuotaKind): void;
 }
 
 interface Entry extends Principal {
@@ -55,9 +66,9 @@ const MAX_REPLY_TEXT = 400;
 
 /** Implements {@link Backend} over a set of accounts. */
 export class Relay implements Backend {
-  readonly #accounts = new Map<string, Entry>();
+  #accounts = new Map<string, Entry>();
   /** Sender address (account or alias) or domain → account, for trusted-network clients. */
-  readonly #bySender = new Map<string, Entry>();
+  #bySender = new Map<string, Entry>();
   readonly #observer?: RelayObserver;
 
   /**
@@ -69,22 +80,36 @@ export class Relay implements Backend {
     senderDomains: Readonly<Record<string, string>> = {},
     observer?: RelayObserver,
   ) {
+    this.#observer = observer;
+    this.update(accounts, senderDomains);
+  }
+
+  /**
+   * Replaces the account set (config reload). New sessions and new transactions see the
+   * new set at once; a message already being delivered finishes with what it started
+   * with. An unchanged account (the same object) keeps its password cache.
+   */
+  update(accounts: Iterable<RelayAccount>, senderDomains: Readonly<Record<string, string>>): void {
+    const previous = new Map([...this.#accounts.values()].map((e) => [e.account, e]));
+    const byName = new Map<string, Entry>();
+    const bySender = new Map<string, Entry>();
     for (const account of accounts) {
       const senders = new Set([account.email, ...account.aliases].map((a) => a.toLowerCase()));
-      const entry = {
+      const entry = previous.get(account) ?? {
         name: account.email,
         account,
         senders,
         verifier: new PasswordVerifier(account.passwordHash),
       };
-      this.#accounts.set(account.email.toLowerCase(), entry);
-      for (const address of senders) this.#bySender.set(address, entry);
+      byName.set(account.email.toLowerCase(), entry);
+      for (const address of senders) bySender.set(address, entry);
     }
     for (const [domain, email] of Object.entries(senderDomains)) {
-      const entry = this.#accounts.get(email.toLowerCase());
-      if (entry) this.#bySender.set(`@${domain.toLowerCase()}`, entry);
+      const entry = byName.get(email.toLowerCase());
+      if (entry) bySender.set(`@${domain.toLowerCase()}`, entry);
     }
-    this.#observer = observer;
+    this.#accounts = byName;
+    this.#bySender = bySender;
   }
 
   /**
@@ -96,7 +121,9 @@ export class Relay implements Backend {
   sender(principal: Principal | undefined, from: string): Principal | Reply {
     const address = from.toLowerCase();
     if (principal) {
-      const entry = principal as Entry;
+      // The account as configured now (a reload may have changed or removed it).
+      const entry = this.#accounts.get(principal.name.toLowerCase());
+      if (!entry) return reply(550, "5.7.1", `Account ${principal.name} is no longer configured`);
       if (address === "" || entry.account.senders === "any" || entry.senders.has(address)) {
         return entry;
       }
@@ -126,7 +153,7 @@ export class Relay implements Backend {
     const entry = principal as Entry;
     const outcome = await this.#attempt(entry.account, tx);
     const seconds = (performance.now() - started) / 1000;
-    this.#observer?.messageDone(outcome.result, seconds, outcome.refused);
+    this.#observer?.messageDone(outcome.result, seconds, outcome.refused, entry.account.email);
     const props = {
       account: entry.account.email,
       result: outcome.result,
@@ -143,14 +170,27 @@ export class Relay implements Backend {
     return outcome.reply;
   }
 
-  async #attempt(account: RelayAccount, tx: Transaction) {
+  async #attempt(account: RelayAccount, tx: Transaction): Promise<Outcome> {
+    const reserved = account.quota.reserve(tx.to.length);
+    if (!("release" in reserved)) {
+      this.#observer?.quotaDeferred(reserved.kind);
+      return {
+        result: "quota",
+        reply: reply(451, "4.7.0", quotaText(account.email, reserved)),
+        refused: 0,
+      };
+    }
+    let outcome: Outcome;
     try {
       await account.token();
+      const result = await account.send({ from: tx.from, to: tx.to, raw: tx.message });
+      outcome = fromUpstream(result, tx.to.length);
     } catch (err) {
-      return tokenFailure(err);
+      outcome = tokenFailure(err);
     }
-    const result = await account.send({ from: tx.from, to: tx.to, raw: tx.message });
-    return fromUpstream(result, tx.to.length);
+    // Only what the provider took counts against the quota.
+    if (outcome.result !== "delivered" && outcome.result !== "partial") reserved.release();
+    return outcome;
   }
 }
 
@@ -158,6 +198,17 @@ interface Outcome {
   readonly result: MessageResult;
   readonly reply: Reply;
   readonly refused: number;
+}
+
+const QUOTA_NAMES: Record<QuotaKind, string> = {
+  messages_per_day: "messages per 24 hours",
+  recipients_per_day: "recipients per 24 hours",
+  messages_per_minute: "messages per minute",
+};
+
+function quotaText(account: string, q: { kind: QuotaKind; limit: number; retryAt: number }) {
+  const at = new Date(Math.ceil(q.retryAt / 1000) * 1000).toISOString().replace(".000Z", "Z");
+  return `Quota of ${q.limit} ${QUOTA_NAMES[q.kind]} for ${account} reached, retry after ${at}`;
 }
 
 function tokenFailure(err: unknown): Outcome {

@@ -35,6 +35,8 @@ export interface UpstreamTarget {
   readonly socketTimeoutMs: number;
   /** Idle pooled connections are closed after this, ms. */
   readonly idleTimeoutMs: number;
+  /** Local address to connect from (never silently replaced by another). */
+  readonly sourceAddress?: string;
 }
 
 /** Hands out access tokens; `renew` means the provider refused the last one. */
@@ -113,6 +115,7 @@ class TokenUnavailable extends Error {
 /** The pooled upstream of one account. */
 export class UpstreamPool {
   readonly #transport: Transporter<SMTPPoolSentMessageInfo>;
+  #open = 0;
 
   /** Creates the pool; connections open on demand. */
   constructor(target: UpstreamTarget, tokens: TokenProvider, observer?: UpstreamObserver) {
@@ -141,7 +144,16 @@ export class UpstreamPool {
       disableUrlAccess: true,
       logger: false,
       getSocket: (_options: unknown, callback: SocketCallback) =>
-        openSocket(target, observer, callback),
+        openSocket(target, {
+          connectionOpened: () => {
+            this.#open++;
+            observer?.connectionOpened();
+          },
+          connectionClosed: () => {
+            this.#open--;
+            observer?.connectionClosed();
+          },
+        }, callback),
     });
     this.#transport.set(
       "oauth2_provision_cb",
@@ -195,6 +207,11 @@ export class UpstreamPool {
     }
   }
 
+  /** Connections open now. */
+  get openConnections(): number {
+    return this.#open;
+  }
+
   /** Closes pooled connections (QUIT where possible). */
   close(): void {
     this.#transport.close();
@@ -208,9 +225,18 @@ function openSocket(
   observer: UpstreamObserver | undefined,
   callback: SocketCallback,
 ): void {
-  const socket = net.connect({ host: target.host, port: target.port });
+  const socket = net.connect({
+    host: target.host,
+    port: target.port,
+    ...(target.sourceAddress ? { localAddress: target.sourceAddress } : {}),
+  });
   socket.setNoDelay(true);
-  const fail = (err: Error) => callback(err);
+  const fail = (err: Error) => {
+    if (target.sourceAddress) {
+      err.message = `from source address ${target.sourceAddress}: ${err.message}`;
+    }
+    callback(err);
+  };
   socket.once("error", fail);
   socket.once("connect", () => {
     socket.off("error", fail);

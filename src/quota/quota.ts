@@ -1,0 +1,168 @@
+/**
+ * Per-account sending quotas over sliding windows: messages and recipients per 24 hours
+ * (Google Workspace, Microsoft), messages per minute (Microsoft). A message that would
+ * overrun a quota is deferred with the time it may be retried, instead of being sent
+ * for the provider to refuse (and count against the mailbox).
+ * @module
+ */
+
+/** Limits of one account; `0` means no limit. */
+export interface QuotaLimits {
+  /** Messages per rolling 24 hours. */
+  readonly messagesPerDay: number;
+  /** Recipients per rolling 24 hours. */
+  readonly recipientsPerDay: number;
+  /** Messages per rolling minute. */
+  readonly messagesPerMinute: number;
+}
+
+/** Which limit refused a message. */
+export type QuotaKind = "messages_per_day" | "recipients_per_day" | "messages_per_minute";
+
+/** The counters of one account, as persisted (times in ms since the epoch). */
+export interface QuotaSnapshot {
+  /** [minute start, messages, recipients], oldest first, within the last 24 hours. */
+  readonly minutes: [number, number, number][];
+  /** Send times within the last minute. */
+  readonly recent: number[];
+}
+
+/** A reservation: kept if the message was sent, released if it was not. */
+export interface Reservation {
+  /** Gives the quota back (the provider did not take the message). */
+  release(): void;
+}
+
+/** A refusal with the time from which the message would fit. */
+export interface QuotaExceeded {
+  /** The limit that was hit. */
+  readonly kind: QuotaKind;
+  /** Its value. */
+  readonly limit: number;
+  /** When enough of the window has passed, ms since the epoch. */
+  readonly retryAt: number;
+}
+
+const DAY = 86_400_000;
+const MINUTE = 60_000;
+
+/** Checks a snapshot read from storage. */
+export function isQuotaSnapshot(value: unknown): value is QuotaSnapshot {
+  const v = value as QuotaSnapshot | null;
+  return Array.isArray(v?.minutes) && Array.isArray(v?.recent);
+}
+
+/** The quota counters of one account. */
+export class AccountQuota {
+  #limits: QuotaLimits;
+  readonly #minutes: [number, number, number][];
+  readonly #recent: number[];
+  #dirty = false;
+
+  /** Starts empty or from a persisted snapshot. */
+  constructor(limits: QuotaLimits, snapshot?: QuotaSnapshot) {
+    this.#limits = limits;
+    this.#minutes = snapshot ? snapshot.minutes.map((m) => [m[0], m[1], m[2]]) : [];
+    this.#recent = snapshot ? [...snapshot.recent] : [];
+  }
+
+  /** Current limits (replaced on reload; counters stay). */
+  get limits(): QuotaLimits {
+    return this.#limits;
+  }
+  set limits(limits: QuotaLimits) {
+    this.#limits = limits;
+  }
+
+  /** True when counters changed since the last {@link snapshot}. */
+  get dirty(): boolean {
+    return this.#dirty;
+  }
+
+  /** Reserves one message to `recipients` recipients, or says which limit it would break. */
+  reserve(recipients: number, now = Date.now()): Reservation | QuotaExceeded {
+    this.#prune(now);
+    const l = this.#limits;
+    const day = this.#minutes.reduce((acc, m) => [acc[0] + m[1], acc[1] + m[2]], [0, 0]);
+    if (l.messagesPerMinute > 0 && this.#recent.length + 1 > l.messagesPerMinute) {
+      const excess = this.#recent.length + 1 - l.messagesPerMinute;
+      return {
+        kind: "messages_per_minute",
+        limit: l.messagesPerMinute,
+        retryAt: this.#recent[excess - 1] + MINUTE,
+      };
+    }
+    if (l.messagesPerDay > 0 && day[0] + 1 > l.messagesPerDay) {
+      return {
+        kind: "messages_per_day",
+        limit: l.messagesPerDay,
+        retryAt: this.#freeAt(1, day[0] + 1 - l.messagesPerDay),
+      };
+    }
+    if (l.recipientsPerDay > 0 && day[1] + recipients > l.recipientsPerDay) {
+      return {
+        kind: "recipients_per_day",
+        limit: l.recipientsPerDay,
+        retryAt: this.#freeAt(2, day[1] + recipients - l.recipientsPerDay),
+      };
+    }
+    const minute = now - (now % MINUTE);
+    let bucket = this.#minutes.at(-1);
+    if (!bucket || bucket[0] !== minute) {
+      bucket = [minute, 0, 0];
+      this.#minutes.push(bucket);
+    }
+    bucket[1] += 1;
+    bucket[2] += recipients;
+    this.#recent.push(now);
+    this.#dirty = true;
+    const b = bucket;
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        b[1] = Math.max(0, b[1] - 1);
+        b[2] = Math.max(0, b[2] - recipients);
+        const i = this.#recent.indexOf(now);
+        if (i >= 0) this.#recent.splice(i, 1);
+        this.#dirty = true;
+      },
+    };
+  }
+
+  /** Usage in the current windows. */
+  usage(now = Date.now()): { messagesToday: number; recipientsToday: number; lastMinute: number } {
+    this.#prune(now);
+    let messagesToday = 0, recipientsToday = 0;
+    for (const m of this.#minutes) {
+      messagesToday += m[1];
+      recipientsToday += m[2];
+    }
+    return { messagesToday, recipientsToday, lastMinute: this.#recent.length };
+  }
+
+  /** The counters for persistence; clears {@link dirty}. */
+  snapshot(now = Date.now()): QuotaSnapshot {
+    this.#prune(now);
+    this.#dirty = false;
+    return { minutes: this.#minutes.map((m) => [m[0], m[1], m[2]]), recent: [...this.#recent] };
+  }
+
+  /** When the oldest buckets holding `excess` units of column `col` leave the window. */
+  #freeAt(col: 1 | 2, excess: number): number {
+    let freed = 0;
+    for (const m of this.#minutes) {
+      freed += m[col];
+      if (freed >= excess) return m[0] + MINUTE + DAY;
+    }
+    return Date.now() + DAY; // more than a whole window: a single message over the limit
+  }
+
+  #prune(now: number): void {
+    while (this.#minutes.length > 0 && this.#minutes[0][0] + MINUTE <= now - DAY) {
+      this.#minutes.shift();
+    }
+    while (this.#recent.length > 0 && this.#recent[0] <= now - MINUTE) this.#recent.shift();
+  }
+}
