@@ -80,6 +80,9 @@ export interface AccountStatus {
   };
 }
 
+/** How long a replaced account's pool stays usable after a reload, ms. */
+const RETIRE_GRACE_MS = 5_000;
+
 /** Shared parts an account runtime needs. */
 export interface AccountDeps {
   /** Where rotated refresh tokens go. */
@@ -140,10 +143,15 @@ export class AccountRuntime {
       aliases: config.aliases,
       senders: config.senders,
       quota: this.quota,
-      token: () => tokens.get(),
-      send: async (m) => {
+      deliver: async (m) => {
         this.#inflight++;
         try {
+          // Fetched first, so a token failure is reported as such (and cached for the pool).
+          try {
+            await tokens.get();
+          } catch (err) {
+            return { kind: "token", error: err instanceof Error ? err : new Error(String(err)) };
+          }
           const r = await this.pool.send(m);
           if (r.kind === "unreachable") this.#lastError = r.detail;
           else if (r.kind === "auth" || r.kind === "refused") {
@@ -158,10 +166,19 @@ export class AccountRuntime {
     };
   }
 
-  /** Stops using this runtime: its pool closes once its last message is done. */
-  retire(): void {
-    this.#retired = true;
-    if (this.#inflight === 0) this.pool.close();
+  /**
+   * Stops using this runtime: its pool closes once its last message is done, and not
+   * before a short grace period (a session may still be between MAIL and DATA).
+   */
+  retire(graceMs = RETIRE_GRACE_MS): void {
+    if (this.#retired) return;
+    const close = () => {
+      this.#retired = true;
+      if (this.#inflight === 0) this.pool.close();
+    };
+    if (graceMs <= 0) return close();
+    const timer = setTimeout(close, graceMs);
+    Deno.unrefTimer(timer);
   }
 
   /** The operator's view. */
@@ -178,6 +195,6 @@ export class AccountRuntime {
 }
 
 /** Everything that shapes an account's runtime, as a comparable string. */
-function accountKey(c: RelayConfig, a: AccountConfig): string {
+export function accountKey(c: RelayConfig, a: AccountConfig): string {
   return JSON.stringify([a, c.tokens, c.smtp.name]);
 }

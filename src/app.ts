@@ -6,7 +6,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { RelayConfig } from "./config/load.ts";
-import { type AccountDeps, AccountRuntime, type AccountStatus } from "./accounts.ts";
+import { type AccountDeps, accountKey, AccountRuntime, type AccountStatus } from "./accounts.ts";
 import {
   type Ingress,
   type IngressOptions,
@@ -81,17 +81,19 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     for (const a of next.accounts) {
       const id = a.email.toLowerCase();
       const old = runtimes.get(id);
-      const candidate = new AccountRuntime(next, a, deps, old?.quota.snapshot());
-      if (old && old.key === candidate.key) {
-        candidate.retire();
+      if (old && old.key === accountKey(next, a)) {
         built.set(id, old);
         continue;
       }
-      if (!old) {
-        const stored = await quotaStore.load(a.email).catch(() => undefined);
-        built.set(id, stored ? new AccountRuntime(next, a, deps, stored) : candidate);
-        if (stored) candidate.retire();
-      } else built.set(id, candidate);
+      // A changed account takes its counters along; a new one finds them on disk.
+      const counters = old ? old.quota.snapshot() : await quotaStore.load(a.email).catch((err) => {
+        log.warn("ignoring unreadable quota counters of {account}: {error}", {
+          account: a.email,
+          error: err instanceof Error ? err.message : String(err),
+        });
+        return undefined;
+      });
+      built.set(id, new AccountRuntime(next, a, deps, counters));
     }
     return built;
   };
@@ -157,7 +159,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     clearInterval(flushTimer);
     if (deadlineMs > 0) await ingress.drain(deadlineMs);
     else await ingress.close();
-    for (const r of runtimes.values()) r.retire();
+    for (const r of runtimes.values()) r.retire(0);
     await flushQuotas(true);
     await http.close();
     metrics.stop();
@@ -249,6 +251,10 @@ function listenerChanges(old: RelayConfig, next: RelayConfig): string[] {
   if (!same(old.http, next.http)) notes.push("http listener settings");
   if (!same(old.limits, next.limits)) notes.push("limits");
   if (old.stateDir !== next.stateDir) notes.push("stateDir");
+  if (old.shutdownTimeoutSeconds !== next.shutdownTimeoutSeconds) {
+    notes.push("shutdownTimeoutSeconds");
+  }
+  if (!same(old.metrics, next.metrics)) notes.push("metrics options");
   if (!same(old.tls, next.tls)) notes.push("tls file names (the files themselves are re-read)");
   return notes;
 }

@@ -93,6 +93,11 @@ export function startHttp(o: HttpOptions): Promise<HttpServer> {
         });
       case "/healthz":
         return new Response("ok\n");
+      case "/accounts": {
+        const denied = checkAdmin(request, info.remoteAddr.hostname, o.adminToken);
+        if (denied) return denied;
+        return Response.json(o.accounts());
+      }
       case "/readyz": {
         const r = o.readiness();
         return Response.json({ ready: isReady(r), ...r }, {

@@ -10,12 +10,14 @@ import { SERVE_USAGE, serveCommand } from "./commands/serve.ts";
 import { HASH_PASSWORD_USAGE, hashPasswordCommand } from "./commands/hash_password.ts";
 import { CHECK_USAGE, checkCommand } from "./commands/check.ts";
 import { AUTHORIZE_USAGE, authorizeCommand } from "./commands/authorize.ts";
+import { STATUS_USAGE, statusCommand } from "./commands/status.ts";
 
 const COMMANDS: Record<string, { usage: string; run: (args: string[]) => Promise<number> }> = {
   serve: { usage: SERVE_USAGE, run: serveCommand },
   "hash-password": { usage: HASH_PASSWORD_USAGE, run: hashPasswordCommand },
   check: { usage: CHECK_USAGE, run: checkCommand },
   authorize: { usage: AUTHORIZE_USAGE, run: authorizeCommand },
+  status: { usage: STATUS_USAGE, run: statusCommand },
 };
 
 const USAGE = "usage:\n" +

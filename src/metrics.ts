@@ -35,9 +35,10 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
   readonly #ingressRefusals: client.Counter<"reason">;
   readonly #quota: client.Counter<"kind">;
   readonly #reloads: client.Counter<"result">;
+  readonly #lastReload: client.Gauge;
   readonly #perAccount?: client.Counter<"account" | "result">;
   readonly #lagTimer: ReturnType<typeof setInterval>;
-  #lagMax = 0;
+  readonly #lag = { max: 0 };
 
   /** `accountStates` is read at scrape time for the accounts-by-state gauge. */
   constructor(
@@ -113,6 +114,12 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
       labelNames: ["result"],
       registers,
     });
+    this.#lastReload = new client.Gauge({
+      name: "smtp_relay_config_last_reload_success",
+      help: "1 if the latest configuration reload succeeded (or none happened), 0 if it failed.",
+      registers,
+    });
+    this.#lastReload.set(1);
     if (options.perAccount) {
       this.#perAccount = new client.Counter({
         name: "smtp_relay_account_messages_total",
@@ -138,25 +145,38 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
         this.set(Deno.memoryUsage().heapUsed);
       },
     });
-    const self = this;
+    const lag = this.#lag;
     new client.Gauge({
       name: "smtp_relay_event_loop_lag_seconds",
       help: "Largest event-loop delay seen since the previous scrape, seconds.",
       registers,
       collect() {
-        this.set(self.#lagMax / 1000);
-        self.#lagMax = 0;
+        this.set(lag.max / 1000);
+        lag.max = 0;
       },
     });
     let expected = performance.now() + LAG_SAMPLE_MS;
     this.#lagTimer = setInterval(() => {
       const now = performance.now();
-      this.#lagMax = Math.max(this.#lagMax, now - expected);
+      lag.max = Math.max(lag.max, now - expected);
       expected = now + LAG_SAMPLE_MS;
     }, LAG_SAMPLE_MS);
     Deno.unrefTimer(this.#lagTimer);
     // Pre-create label values so rates work from the first scrape.
-    for (const r of ["delivered", "rejected", "deferred"]) this.#messages.inc({ result: r }, 0);
+    const results: MessageResult[] = [
+      "delivered",
+      "partial",
+      "rejected",
+      "deferred",
+      "upstream_auth",
+      "token_error",
+      "unreachable",
+      "quota",
+    ];
+    for (const r of results) this.#messages.inc({ result: r }, 0);
+    for (const k of ["messages_per_day", "recipients_per_day", "messages_per_minute"]) {
+      this.#quota.inc({ kind: k }, 0);
+    }
     for (const r of ["success", "failure"]) this.#refreshes.inc({ result: r }, 0);
     for (const r of ["success", "failure"]) this.#reloads.inc({ result: r }, 0);
   }
@@ -187,6 +207,7 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
   /** Counts a configuration reload. */
   configReloaded(ok: boolean): void {
     this.#reloads.inc({ result: ok ? "success" : "failure" });
+    this.#lastReload.set(ok ? 1 : 0);
   }
 
   /** Counts a refresh attempt (hook for tokens/manager). */

@@ -69,8 +69,9 @@ export async function serveCommand(args: string[]): Promise<number> {
         const problems = err instanceof ConfigError
           ? err.problems
           : [err instanceof Error ? err.message : String(err)];
-        log.error("reload failed, the previous configuration stays in force", {});
-        for (const problem of problems) log.error("  {problem}", { problem });
+        log.error("reload failed, the previous configuration stays in force: {problems}", {
+          problems: problems.join("; "),
+        });
       }
     });
   };

@@ -11,6 +11,7 @@ import {
   type SMTPServerSession,
 } from "smtp-server";
 import type { AddressInfo, Socket } from "node:net";
+import { getLogger } from "@logtape/logtape";
 import type { Backend, IngressObserver, Principal } from "./backend.ts";
 import { isLoopback, NetworkList, unmapped } from "./network.ts";
 import { AuthThrottle, ConnectionLimiter, type LimitOptions } from "./limits.ts";
@@ -101,6 +102,7 @@ interface SessionState {
   busy: boolean;
 }
 
+const log = getLogger(["relay", "ingress"]);
 const AUTH_FAILED = reply(535, "5.7.8", "Authentication credentials invalid");
 const AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required");
 const NEEDS_TLS = reply(
@@ -245,6 +247,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         const verdict = throttle.verdict(s.ip, username);
         if (verdict.disconnect) {
           observer?.refused("auth_throttled");
+          log.warn("too many failed authentications from {ip}: disconnected", { ip: s.ip });
           callback(smtpError(THROTTLED)); // 421: smtp-server closes the session
           return;
         }
@@ -254,6 +257,8 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
               if (principal) return callback(null, { user: principal });
               throttle.failed(s.ip, username);
               observer?.refused("auth");
+              // For fail2ban and friends: who tried, from where (never the password).
+              log.info("authentication failed for {username} from {ip}", { username, ip: s.ip });
               callback(smtpError(AUTH_FAILED));
             }, (err) => {
               o.onError?.(err);

@@ -35,10 +35,8 @@ export interface RelayAccount {
   readonly senders: "own" | "any";
   /** Sending quotas; a message that would overrun one is deferred. */
   readonly quota: AccountQuota;
-  /** A valid access token, or a {@link TokenError}. */
-  readonly token: () => Promise<unknown>;
-  /** Sends one message upstream. */
-  readonly send: (message: OutgoingMessage) => Promise<UpstreamResult>;
+  /** Gets a token and sends one message upstream; never throws. */
+  readonly deliver: (message: OutgoingMessage) => Promise<UpstreamResult>;
 }
 
 /** Receives every message outcome (metrics). */
@@ -180,14 +178,8 @@ export class Relay implements Backend {
         refused: 0,
       };
     }
-    let outcome: Outcome;
-    try {
-      await account.token();
-      const result = await account.send({ from: tx.from, to: tx.to, raw: tx.message });
-      outcome = fromUpstream(result, tx.to.length);
-    } catch (err) {
-      outcome = tokenFailure(err);
-    }
+    const result = await account.deliver({ from: tx.from, to: tx.to, raw: tx.message });
+    const outcome = fromUpstream(result, tx.to.length);
     // Only what the provider took counts against the quota.
     if (outcome.result !== "delivered" && outcome.result !== "partial") reserved.release();
     return outcome;

@@ -42,6 +42,8 @@ export interface ReceivedMessage {
   data: Uint8Array;
   /** When the end of DATA was received. */
   receivedAt: Date;
+  /** Address the relay connected from (its source address). */
+  remoteAddress: string;
 }
 
 /**
@@ -340,6 +342,7 @@ export class SandboxSmtpServer {
         to: envelope.rcptTo.map((rcpt) => rcpt.address),
         data: new Uint8Array(Buffer.concat(chunks)),
         receivedAt: new Date(),
+        remoteAddress: session.remoteAddress,
       };
       this.received.push(message);
       this.#onMessage?.(message);

@@ -1,0 +1,75 @@
+/**
+ * `status`: asks a running relay for `/accounts` and prints it as a table (or JSON).
+ * Uses the bearer token in `RELAY_ADMIN_TOKEN` when it is set.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import type { AccountStatus } from "../accounts.ts";
+import { ADMIN_TOKEN_ENV } from "../app.ts";
+import { DEFAULTS } from "../config/defaults.ts";
+import { UsageError } from "./common.ts";
+
+/** Usage line of this command. */
+export const STATUS_USAGE = "status [--url http://127.0.0.1:9090] [--json]";
+
+/** Prints the relay's account status; 0 when every account is ok, 1 otherwise. */
+export async function statusCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      url: { type: "string", default: `http://${DEFAULTS.httpHost}:${DEFAULTS.httpPort}` },
+      json: { type: "boolean", default: false },
+    },
+  });
+  let url: URL;
+  try {
+    url = new URL("/accounts", values.url);
+  } catch {
+    throw new UsageError(
+      `--url: expected a URL such as http://127.0.0.1:9090, got "${values.url}"`,
+    );
+  }
+  let token: string | undefined;
+  try {
+    token = Deno.env.get(ADMIN_TOKEN_ENV) || undefined;
+  } catch {
+    token = undefined;
+  }
+  let response: Response;
+  try {
+    response = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+  } catch (err) {
+    console.error(`error: cannot reach ${url.origin}: ${err instanceof Error ? err.message : err}`);
+    return 1;
+  }
+  if (!response.ok) {
+    console.error(`error: ${url} answered ${response.status}: ${(await response.text()).trim()}`);
+    return 1;
+  }
+  const accounts = await response.json() as AccountStatus[];
+  console.log(values.json ? JSON.stringify(accounts, null, 2) : statusTable(accounts));
+  return accounts.every((a) => a.token === "ok" || a.token === "unknown") ? 0 : 1;
+}
+
+/** One row per account; the last error, if any, on the line below. */
+export function statusTable(accounts: readonly AccountStatus[]): string {
+  const limit = (used: number, max: number) => max > 0 ? `${used}/${max}` : `${used}`;
+  const header = ["ACCOUNT", "PROVIDER", "TOKEN", "CONNS", "MSGS/24H", "RCPTS/24H", "MSGS/MIN"];
+  const rows = accounts.map((a) => [
+    a.account,
+    a.provider,
+    a.token,
+    `${a.connections.open}/${a.connections.max}`,
+    limit(a.quota.messagesToday, a.quota.limits.messagesPerDay),
+    limit(a.quota.recipientsToday, a.quota.limits.recipientsPerDay),
+    limit(a.quota.lastMinute, a.quota.limits.messagesPerMinute),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  const out = [line(header)];
+  accounts.forEach((a, i) => {
+    out.push(line(rows[i]));
+    if (a.lastError) out.push(`    last error: ${a.lastError}`);
+  });
+  return out.join("\n");
+}
