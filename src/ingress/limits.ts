@@ -58,14 +58,6 @@ export class ConnectionLimiter {
   }
 }
 
-/** What to do with an AUTH attempt, decided before checking the password. */
-export interface AuthVerdict {
-  /** Wait this long before answering (tarpit), ms. */
-  readonly delayMs: number;
-  /** Close the session with 421 instead of answering. */
-  readonly disconnect: boolean;
-}
-
 const MAX_TARPIT_MS = 10_000;
 
 /** Sliding-window failure counts per IP and per account. */
@@ -79,29 +71,32 @@ export class AuthThrottle {
     this.#o = options;
   }
 
-  /** The verdict for an attempt from `ip` as `account` (lower-cased username). */
-  verdict(ip: string, account: string): AuthVerdict {
-    const now = Date.now();
-    const ipFailures = this.#recent(this.#byIp, ip, now);
-    if (ipFailures >= this.#o.authFailuresBeforeDisconnect) {
-      return { delayMs: 0, disconnect: true };
-    }
-    const worst = Math.max(ipFailures, this.#recent(this.#byAccount, account, now));
-    const excess = worst - this.#o.authFailuresBeforeTarpit + 1;
-    const delayMs = excess > 0 ? Math.min(MAX_TARPIT_MS, excess * this.#o.tarpitStepMs) : 0;
-    return { delayMs, disconnect: false };
+  /** True when `ip` failed too often recently: its sessions are to be closed. */
+  blocked(ip: string): boolean {
+    return this.#recent(this.#byIp, ip, Date.now()) >= this.#o.authFailuresBeforeDisconnect;
   }
 
-  /** Records a failed attempt. */
-  failed(ip: string, account: string): void {
+  /**
+   * Records a failed attempt from `ip` as `account` (lower-cased username) and returns
+   * how long to hold back the failure reply. `exempt` addresses (loopback, trusted) are
+   * tarpitted per account only and never counted towards a block.
+   */
+  failed(ip: string, account: string, exempt = false): number {
     const now = Date.now();
-    for (const [map, key] of [[this.#byIp, ip], [this.#byAccount, account]] as const) {
+    const keys: [Map<string, number[]>, string][] = [[this.#byAccount, account]];
+    if (!exempt) keys.push([this.#byIp, ip]);
+    let worst = 0;
+    for (const [map, key] of keys) {
+      const n = this.#recent(map, key, now);
       const list = map.get(key) ?? [];
       list.push(now);
       map.set(key, list);
+      worst = Math.max(worst, n + 1);
     }
     // Keep memory bounded under a flood of distinct keys.
     if (this.#byIp.size + this.#byAccount.size > 100_000) this.#sweep(now);
+    const excess = worst - this.#o.authFailuresBeforeTarpit;
+    return excess > 0 ? Math.min(MAX_TARPIT_MS, excess * this.#o.tarpitStepMs) : 0;
   }
 
   #recent(map: Map<string, number[]>, key: string, now: number): number {

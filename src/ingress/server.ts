@@ -179,7 +179,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
     const trusted = new NetworkList(l.trustedNetworks);
     const options: SMTPServerOptions = {
       name: o.name,
-      banner: "ESMTP OAuth2 relay",
+      banner: "OAuth2 relay",
       disableReverseLookup: true,
       size: o.maxMessageSize,
       authMethods: ["PLAIN", "LOGIN"],
@@ -244,28 +244,26 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           return callback(smtpError(NEEDS_TLS));
         }
         const username = (auth.username ?? "").trim().toLowerCase();
-        const verdict = throttle.verdict(s.ip, username);
-        if (verdict.disconnect) {
+        // Loopback and trusted networks are not cut off (one broken local app must not lock
+        // out the others); their failures are still tarpitted per account.
+        if (!trusted.has(s.ip) && !isLoopback(s.ip) && throttle.blocked(s.ip)) {
           observer?.refused("auth_throttled");
           log.warn("too many failed authentications from {ip}: disconnected", { ip: s.ip });
           callback(smtpError(THROTTLED)); // 421: smtp-server closes the session
           return;
         }
-        const answer = () =>
-          o.backend.authenticate(auth.username ?? "", auth.password ?? "", { address: s.ip })
-            .then((principal) => {
-              if (principal) return callback(null, { user: principal });
-              throttle.failed(s.ip, username);
-              observer?.refused("auth");
-              // For fail2ban and friends: who tried, from where (never the password).
-              log.info("authentication failed for {username} from {ip}", { username, ip: s.ip });
-              callback(smtpError(AUTH_FAILED));
-            }, (err) => {
-              o.onError?.(err);
-              callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
-            });
-        if (verdict.delayMs > 0) setTimeout(answer, verdict.delayMs);
-        else answer();
+        o.backend.authenticate(auth.username ?? "", auth.password ?? "", { address: s.ip })
+          .then((principal) => {
+            if (principal) return callback(null, { user: principal });
+            observer?.refused("auth");
+            // Tarpit: the failure reply waits, a correct login never does.
+            const delayMs = throttle.failed(s.ip, username, trusted.has(s.ip) || isLoopback(s.ip));
+            if (delayMs > 0) setTimeout(() => callback(smtpError(AUTH_FAILED)), delayMs);
+            else callback(smtpError(AUTH_FAILED));
+          }, (err) => {
+            o.onError?.(err);
+            callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
+          });
       },
 
       onMailFrom(address, session, callback) {
@@ -288,6 +286,11 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       },
 
       onRcptTo(address, session, callback) {
+        const lower = address.address.toLowerCase();
+        // A repeated recipient is not a new one (smtp-server drops the duplicate).
+        if (session.envelope.rcptTo.some((r) => r.address.toLowerCase() === lower)) {
+          return callback();
+        }
         const problem = recipientProblem(address.address);
         if (problem) {
           observer?.refused("recipient_syntax");

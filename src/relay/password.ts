@@ -12,7 +12,26 @@ import { Buffer } from "node:buffer";
 /** scrypt cost parameters of new hashes: N=2^14, r=8, p=1 (16 MiB, ~50 ms). */
 const N = 16384, R = 8, P = 1, KEYLEN = 32;
 
-function derive(password: string, salt: Buffer, n: number, r: number, p: number) {
+/**
+ * scrypt runs at most this many at a time: each holds 16 MiB, and a burst of failed
+ * logins must queue rather than grow the process by hundreds of MB.
+ */
+const MAX_CONCURRENT_HASHES = 2;
+let running = 0;
+const waiting: (() => void)[] = [];
+
+async function derive(password: string, salt: Buffer, n: number, r: number, p: number) {
+  if (running >= MAX_CONCURRENT_HASHES) await new Promise<void>((go) => waiting.push(go));
+  running++;
+  try {
+    return await scryptOnce(password, salt, n, r, p);
+  } finally {
+    running--;
+    waiting.shift()?.();
+  }
+}
+
+function scryptOnce(password: string, salt: Buffer, n: number, r: number, p: number) {
   return new Promise<Buffer>((ok, fail) =>
     scrypt(
       password,

@@ -60,6 +60,7 @@ interface Entry extends Principal {
 }
 
 const log = getLogger(["relay", "message"]);
+const authLog = getLogger(["relay", "auth"]);
 const MAX_REPLY_TEXT = 400;
 
 /** Implements {@link Backend} over a set of accounts. */
@@ -135,14 +136,24 @@ export class Relay implements Backend {
     return entry ?? reply(550, "5.7.1", `Sender <${from}> is not configured for relaying`);
   }
 
-  /** Same answer, same cost, for an unknown user and a wrong password. */
-  async authenticate(username: string, password: string, _peer: Peer) {
+  /**
+   * Same answer, same cost, for an unknown user and a wrong password. Failures are
+   * logged with the client address (for fail2ban); the username only when it is a
+   * configured account, since clients do send passwords in the username field.
+   */
+  async authenticate(username: string, password: string, peer: Peer) {
     const entry = this.#accounts.get(username.trim().toLowerCase());
     if (!entry) {
       await verifyNobody(password);
+      authLog.info("authentication failed for an unknown user from {ip}", { ip: peer.address });
       return undefined;
     }
-    return await entry.verifier.verify(password) ? entry : undefined;
+    if (await entry.verifier.verify(password)) return entry;
+    authLog.info("authentication failed for {account} from {ip}", {
+      account: entry.name,
+      ip: peer.address,
+    });
+    return undefined;
   }
 
   /** Delivers upstream and answers with what the provider said. */

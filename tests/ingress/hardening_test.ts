@@ -332,16 +332,18 @@ Deno.test("connection limits: per IP and overall, 421 4.7.0", async () => {
   }
 });
 
-Deno.test("authentication failures: tarpit, then 421 and disconnect", async () => {
+Deno.test("authentication failures: tarpit, then 421 and disconnect; loopback is never cut off", async () => {
   const h = await startHarness({
     config: {
+      smtp: { port: 0, proxyFrom: ["127.0.0.1"], allowPlaintextAuth: true },
       limits: { authFailuresBeforeTarpit: 2, authFailuresBeforeDisconnect: 3, tarpitStepMs: 300 },
     },
   });
-  const { client: c } = await RawSmtp.connect(h.relay.smtp.port);
+  const bad = `AUTH PLAIN ${plain("user0@example.com", "wrong")}`;
+  const good = `AUTH PLAIN ${plain("user0@example.com", PASSWORD)}`;
   try {
+    const { client: c } = await RawSmtp.connect(h.relay.smtp.port, { proxy: "203.0.113.9" });
     await c.command("EHLO c");
-    const bad = `AUTH PLAIN ${plain("user0@example.com", "wrong")}`;
     assert.equal((await c.command(bad)).code, 535);
     let started = performance.now();
     assert.equal((await c.command(bad)).code, 535);
@@ -352,11 +354,19 @@ Deno.test("authentication failures: tarpit, then 421 and disconnect", async () =
     assert.ok(tarpitted >= 290, `third failure answered after ${tarpitted} ms`);
     assert.ok(untarpitted < tarpitted);
     // The right password no longer helps this address: 421 and the session ends.
-    const locked = await c.command(`AUTH PLAIN ${plain("user0@example.com", PASSWORD)}`);
+    const locked = await c.command(good);
     assert.equal(locked.last, "421 4.7.0 Too many failed authentications, try again later");
     assert.ok(await c.closedByServer());
-  } finally {
     c.close();
+    // Loopback clients share an address: their failures are tarpitted, never a lock-out.
+    const { client: l } = await RawSmtp.connect(h.relay.smtp.port, { proxy: "127.0.0.1" });
+    await l.command("EHLO c");
+    for (let i = 0; i < 4; i++) assert.equal((await l.command(bad)).code, 535);
+    started = performance.now();
+    assert.equal((await l.command(good)).code, 235);
+    assert.ok(performance.now() - started < 290, "a correct login is never tarpitted");
+    l.close();
+  } finally {
     await h.close();
   }
 });
