@@ -57,6 +57,9 @@ export class AccountQuota {
   #limits: QuotaLimits;
   readonly #minutes: [number, number, number][];
   readonly #recent: number[];
+  /** Sums over #minutes, kept in step with it (no per-message pass over 1,440 buckets). */
+  #dayMessages = 0;
+  #dayRecipients = 0;
   #dirty = false;
 
   /** Starts empty or from a persisted snapshot. */
@@ -64,6 +67,10 @@ export class AccountQuota {
     this.#limits = limits;
     this.#minutes = snapshot ? snapshot.minutes.map((m) => [m[0], m[1], m[2]]) : [];
     this.#recent = snapshot ? [...snapshot.recent] : [];
+    for (const m of this.#minutes) {
+      this.#dayMessages += m[1];
+      this.#dayRecipients += m[2];
+    }
   }
 
   /** Current limits (replaced on reload; counters stay). */
@@ -83,7 +90,7 @@ export class AccountQuota {
   reserve(recipients: number, now = Date.now()): Reservation | QuotaExceeded {
     this.#prune(now);
     const l = this.#limits;
-    const day = this.#minutes.reduce((acc, m) => [acc[0] + m[1], acc[1] + m[2]], [0, 0]);
+    const day = [this.#dayMessages, this.#dayRecipients];
     if (l.messagesPerMinute > 0 && this.#recent.length + 1 > l.messagesPerMinute) {
       const excess = this.#recent.length + 1 - l.messagesPerMinute;
       return {
@@ -114,6 +121,8 @@ export class AccountQuota {
     }
     bucket[1] += 1;
     bucket[2] += recipients;
+    this.#dayMessages += 1;
+    this.#dayRecipients += recipients;
     this.#recent.push(now);
     this.#dirty = true;
     const b = bucket;
@@ -122,8 +131,13 @@ export class AccountQuota {
       release: () => {
         if (released) return;
         released = true;
-        b[1] = Math.max(0, b[1] - 1);
-        b[2] = Math.max(0, b[2] - recipients);
+        // The bucket may have left the window meanwhile: then there is nothing to give back.
+        if (this.#minutes.includes(b)) {
+          b[1] -= 1;
+          b[2] -= recipients;
+          this.#dayMessages -= 1;
+          this.#dayRecipients -= recipients;
+        }
         const i = this.#recent.indexOf(now);
         if (i >= 0) this.#recent.splice(i, 1);
         this.#dirty = true;
@@ -134,12 +148,11 @@ export class AccountQuota {
   /** Usage in the current windows. */
   usage(now = Date.now()): { messagesToday: number; recipientsToday: number; lastMinute: number } {
     this.#prune(now);
-    let messagesToday = 0, recipientsToday = 0;
-    for (const m of this.#minutes) {
-      messagesToday += m[1];
-      recipientsToday += m[2];
-    }
-    return { messagesToday, recipientsToday, lastMinute: this.#recent.length };
+    return {
+      messagesToday: this.#dayMessages,
+      recipientsToday: this.#dayRecipients,
+      lastMinute: this.#recent.length,
+    };
   }
 
   /** The counters for persistence; clears {@link dirty}. */
@@ -161,7 +174,9 @@ export class AccountQuota {
 
   #prune(now: number): void {
     while (this.#minutes.length > 0 && this.#minutes[0][0] + MINUTE <= now - DAY) {
-      this.#minutes.shift();
+      const [, messages, recipients] = this.#minutes.shift()!;
+      this.#dayMessages -= messages;
+      this.#dayRecipients -= recipients;
     }
     while (this.#recent.length > 0 && this.#recent[0] <= now - MINUTE) this.#recent.shift();
   }
