@@ -144,6 +144,9 @@ class Listener extends SMTPServer {
   }
 
   override connect(socket: Socket, socketOptions?: Parameters<SMTPServer["connect"]>[1]): void {
+    // Replies are small writes: without this, Nagle holds one back until the client's
+    // (delayed) ACK of the previous one arrives.
+    socket.setNoDelay?.(true);
     super.connect(socket, socketOptions);
     let connection: Connection | undefined;
     for (const c of this.connections) connection = c; // the newest: Sets keep insertion order
