@@ -191,6 +191,8 @@ export async function startRelay(
   const config = {
     smtp: { host: "127.0.0.1", port: 0 },
     http: { host: "127.0.0.1", port: 0 },
+    // Every load-generator session comes from 127.0.0.1: the per-IP cap would refuse them.
+    limits: { maxClients: 20_000, maxConnectionsPerIp: 20_000 },
     stateDir,
     accounts: Array.from({ length: accounts }, (_, i) => {
       const a = benchAccount(i);

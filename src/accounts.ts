@@ -181,6 +181,12 @@ export class AccountRuntime {
     Deno.unrefTimer(timer);
   }
 
+  /** Shutdown: QUIT the idle upstream connections and close the pool. */
+  async stop(): Promise<void> {
+    this.#retired = true;
+    await this.pool.quit();
+  }
+
   /** The operator's view. */
   status(): AccountStatus {
     return {

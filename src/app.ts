@@ -159,7 +159,8 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     clearInterval(flushTimer);
     if (deadlineMs > 0) await ingress.drain(deadlineMs);
     else await ingress.close();
-    for (const r of runtimes.values()) r.retire(0);
+    if (deadlineMs > 0) await Promise.all([...runtimes.values()].map((r) => r.stop()));
+    else for (const r of runtimes.values()) r.retire(0);
     await flushQuotas(true);
     await http.close();
     metrics.stop();

@@ -78,6 +78,8 @@ export interface SmtpStats {
   authFailures: number;
   /** Socket and TLS errors, e.g. clients that reject the certificate. */
   errors: number;
+  /** QUIT commands received (clients that said goodbye). */
+  quits: number;
 }
 
 /** Options of {@link SandboxSmtpServer.start}. */
@@ -135,6 +137,7 @@ export class SandboxSmtpServer {
     authSuccesses: 0,
     authFailures: 0,
     errors: 0,
+    quits: 0,
   };
 
   readonly #server: SMTPServer;
@@ -166,7 +169,19 @@ export class SandboxSmtpServer {
       allowInsecureAuth: true,
       authRequiredMessage: "5.7.0 Authentication Required",
       size: this.#size,
-      logger: false,
+      // smtp-server reports each command to its logger: count the QUITs, log nothing.
+      logger: {
+        level: () => {},
+        trace: () => {},
+        debug: (meta: unknown) => {
+          const m = meta as { tnx?: string; command?: string };
+          if (m?.tnx === "command" && m.command === "QUIT") this.stats.quits++;
+        },
+        info: () => {},
+        warn: () => {},
+        error: () => {},
+        fatal: () => {},
+      },
       closeTimeout: 1000,
       onConnect: (_session, callback) => {
         this.stats.connections++;

@@ -101,8 +101,11 @@ Deno.test("quotas: deferred with a retry time, not sent; failures do not count; 
     assert.equal(metricValue(m, 'smtp_relay_quota_deferrals_total{kind="messages_per_minute"}'), 1);
     assert.equal(metricValue(m, 'smtp_relay_messages_total{result="quota"}'), 1);
 
-    // Restart on the same state directory: the counters are still there.
+    // Restart on the same state directory: the counters are still there. (A graceful stop
+    // says QUIT on the pooled upstream connection.)
+    assert.equal(h.sandbox.stats.smtp.quits, 0);
     await h.relay.stop(1_000);
+    assert.equal(h.sandbox.stats.smtp.quits, 1);
     h.relay = await startRelay(h.config);
     assert.match(await send(h), /^451 4\.7\.0 Quota of 2 messages per minute/);
     const status = await (await fetch(`http://127.0.0.1:${h.relay.http.port}/accounts`)).json();
