@@ -119,6 +119,10 @@ export default defineConfig({
     });
     const metrics = await (await fetch("http://127.0.0.1:9090/metrics")).text();
     assert.match(metrics, /^smtp_relay_messages_total\{result="delivered"\} 1$/m);
+    // Process gauges work under the start flags (prom-client's own read /proc: they would be 0).
+    const rss = Number(metrics.match(/^process_resident_memory_bytes (\d+)/m)?.[1]);
+    assert.ok(rss > 10_000_000, `rss ${rss}`);
+    assert.match(metrics, /^smtp_relay_event_loop_lag_seconds \d/m);
     assert.equal((await fetch("http://127.0.0.1:9090/healthz")).status, 200);
     // The rotated refresh token went to ./state, readable only by the owner.
     const stored = await Deno.stat(`${dir}/state/tokens/${encodeURIComponent(account.email)}.json`);
