@@ -147,9 +147,18 @@ class Listener extends SMTPServer {
     // Replies are small writes: without this, Nagle holds one back until the client's
     // (delayed) ACK of the previous one arrives.
     socket.setNoDelay?.(true);
-    super.connect(socket, socketOptions);
+    // Catch the connection super.connect() creates as it is added (O(1), not a scan).
     let connection: Connection | undefined;
-    for (const c of this.connections) connection = c; // the newest: Sets keep insertion order
+    const set = this.connections;
+    set.add = (c: Connection) => {
+      connection = c;
+      return Set.prototype.add.call(set, c) as typeof set;
+    };
+    try {
+      super.connect(socket, socketOptions);
+    } finally {
+      delete (set as { add?: unknown }).add;
+    }
     if (!connection) return;
     this.#opened(connection);
     if (!this.#fast(connection.remoteAddress)) return;
