@@ -8,7 +8,6 @@ import { getLogger } from "@logtape/logtape";
 import type { RelayConfig } from "./config/load.ts";
 import { type AccountDeps, accountKey, AccountRuntime, type AccountStatus } from "./accounts.ts";
 import {
-  type Ingress,
   type IngressOptions,
   type ListenerOptions,
   startIngress,
@@ -321,5 +320,3 @@ function logRefresh(account: string, o: RefreshOutcome): void {
   }
   tokenLog.debug("token refreshed for {account}", { account, rotated: o.rotated });
 }
-
-export type { Ingress };
