@@ -98,6 +98,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   };
 
   runtimes = await build(config);
+  const accountStatus = () => [...runtimes.values()].map((r) => r.status());
   const relay = new Relay(
     [...runtimes.values()].map((r) => r.relayAccount),
     config.senderDomains,
@@ -123,7 +124,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     host: config.http.host,
     port: config.http.port,
     registry: metrics.registry,
-    accounts: () => [...runtimes.values()].map((r) => r.status()),
+    accounts: accountStatus,
     adminToken: adminToken(),
     readiness: () => {
       const states = [...runtimes.values()].map((r) => r.tokens.state);
@@ -194,7 +195,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
       for (const note of notes) log.warn("not applied until restart: {note}", { note });
       return notes;
     },
-    accounts: () => [...runtimes.values()].map((r) => r.status()),
+    accounts: accountStatus,
     stop: (deadlineMs) => shutdown(deadlineMs),
     close: () => shutdown(0),
   };
@@ -279,7 +280,8 @@ function checkSourceAddresses(config: RelayConfig): void {
 /** Name of the variable holding the `/accounts` bearer token. */
 export const ADMIN_TOKEN_ENV = "RELAY_ADMIN_TOKEN";
 
-function adminToken(): string | undefined {
+/** The `/accounts` bearer token from the environment, if set (and readable). */
+export function adminToken(): string | undefined {
   try {
     return Deno.env.get(ADMIN_TOKEN_ENV) || undefined;
   } catch {

@@ -2,7 +2,9 @@
  * The operator's HTTP listener (Deno.serve): `/metrics`, `/healthz`, `/readyz`.
  * @module
  */
+import { createHash, timingSafeEqual } from "node:crypto";
 import type { Registry } from "prom-client";
+import { isLoopback } from "./ingress/network.ts";
 
 /** What `/readyz` reports. */
 export interface Readiness {
@@ -55,12 +57,10 @@ export function isReady(r: Readiness): boolean {
 /** 401/403 unless the request may see `/accounts`; undefined when it may. */
 function checkAdmin(request: Request, remote: string, token?: string): Response | undefined {
   if (token) {
-    const given = request.headers.get("authorization") ?? "";
-    const expected = `Bearer ${token}`;
-    const a = new TextEncoder().encode(given), b = new TextEncoder().encode(expected);
-    let diff = a.length ^ b.length;
-    for (let i = 0; i < b.length; i++) diff |= (a[i] ?? 0) ^ b[i];
-    if (diff !== 0) {
+    // Digests have equal lengths, so the comparison takes the same time whatever was sent.
+    const digest = (v: string) => createHash("sha256").update(v).digest();
+    const given = digest(request.headers.get("authorization") ?? "");
+    if (!timingSafeEqual(given, digest(`Bearer ${token}`))) {
       return new Response("bearer token required\n", {
         status: 401,
         headers: { "www-authenticate": "Bearer" },
@@ -68,8 +68,7 @@ function checkAdmin(request: Request, remote: string, token?: string): Response 
     }
     return undefined;
   }
-  const loopback = remote === "::1" || remote.startsWith("127.") || remote === "::ffff:127.0.0.1";
-  return loopback ? undefined : new Response("loopback only\n", { status: 403 });
+  return isLoopback(remote) ? undefined : new Response("loopback only\n", { status: 403 });
 }
 
 /** Starts the HTTP listener. */

@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import type { AccountStatus } from "../accounts.ts";
-import { ADMIN_TOKEN_ENV } from "../app.ts";
+import { adminToken } from "../app.ts";
 import { DEFAULTS } from "../config/defaults.ts";
 import { UsageError } from "./common.ts";
 
@@ -29,12 +29,7 @@ export async function statusCommand(args: string[]): Promise<number> {
       `--url: expected a URL such as http://127.0.0.1:9090, got "${values.url}"`,
     );
   }
-  let token: string | undefined;
-  try {
-    token = Deno.env.get(ADMIN_TOKEN_ENV) || undefined;
-  } catch {
-    token = undefined;
-  }
+  const token = adminToken();
   let response: Response;
   try {
     response = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });

@@ -8,7 +8,7 @@ import net from "node:net";
 import { Buffer } from "node:buffer";
 import nodemailer from "nodemailer";
 import type { NodemailerError, SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
-import { parseReply, type Reply, reply } from "../smtp/reply.ts";
+import { classEnhanced, parseReply, type Reply, reply } from "../smtp/reply.ts";
 import type { UpstreamTls } from "../config/providers.ts";
 
 /** Where and how one account's mail goes. */
@@ -278,7 +278,7 @@ function replyOf(err: NodemailerError): Reply | undefined {
     if (parsed) return parsed;
   }
   if (err.responseCode) {
-    return reply(err.responseCode, `${Math.floor(err.responseCode / 100)}.0.0`, err.message);
+    return reply(err.responseCode, classEnhanced(err.responseCode), err.message);
   }
   return undefined;
 }
