@@ -231,6 +231,17 @@ export class SandboxSmtpServer {
     Object.assign(this.faults, noFaults());
   }
 
+  /**
+   * Ends every open session the way a provider ends idle ones: with `421 4.4.2` first, or
+   * (`silently`) by closing the socket with no reply at all. Keeps listening.
+   */
+  dropConnections(silently = false): void {
+    for (const connection of [...this.#server.connections]) {
+      if (!silently) connection.send(421, "4.4.2 Connection dropped due to timeout");
+      connection._socket.destroy();
+    }
+  }
+
   /** Sends 421 to every open session, drops it, stops listening and cancels pending delays. Idempotent. */
   close(): Promise<void> {
     for (const timer of this.#timers) clearTimeout(timer);

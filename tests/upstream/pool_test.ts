@@ -114,3 +114,39 @@ Deno.test("with the sandbox CA the same pool delivers over STARTTLS + XOAUTH2", 
     await sandbox.close();
   }
 });
+
+Deno.test("a pooled connection the provider closed is replaced: the next message is delivered", async (t) => {
+  const sandbox = await startSandbox();
+  const [account] = makeAccounts(1);
+  sandbox.addAccount({ ...account, email: "user0@example.com" });
+  const grant = await fetch(sandbox.tokenUrl, {
+    method: "POST",
+    body: new URLSearchParams({
+      grant_type: "refresh_token",
+      refresh_token: account.refreshToken,
+      client_id: account.clientId,
+      client_secret: account.clientSecret,
+    }),
+  }).then((r) => r.json());
+  const pool = new UpstreamPool(
+    target(sandbox.smtpPort, sandbox.ca),
+    () => Promise.resolve({ token: grant.access_token, useUntil: Date.now() + 60_000 }),
+  );
+  try {
+    assert.equal((await pool.send(message)).kind, "sent");
+    for (const silently of [false, true]) {
+      await t.step(silently ? "closed without a reply" : "closed with 421 4.4.2", async () => {
+        const before = sandbox.received.length;
+        const connections = sandbox.stats.smtp.connections;
+        sandbox.smtp.dropConnections(silently);
+        const result = await pool.send(message);
+        assert.equal(result.kind, "sent");
+        assert.equal(sandbox.received.length, before + 1);
+        assert.equal(sandbox.stats.smtp.connections, connections + 1);
+      });
+    }
+  } finally {
+    pool.close();
+    await sandbox.close();
+  }
+});
