@@ -147,6 +147,7 @@ class Listener extends SMTPServer {
     // Replies are small writes: without this, Nagle holds one back until the client's
     // (delayed) ACK of the previous one arrives.
     socket.setNoDelay?.(true);
+    coalesceWrites(socket);
     // Catch the connection super.connect() creates as it is added (O(1), not a scan).
     let connection: Connection | undefined;
     const set = this.connections;
@@ -166,6 +167,28 @@ class Listener extends SMTPServer {
     connection.connectionReady = () => {};
     if (!connection._closing) ready();
   }
+}
+
+/**
+ * smtp-server writes every reply line on its own; a pipelining client's MAIL, RCPT and
+ * DATA get three replies in the same turn of the event loop. Holding writes until the
+ * turn's microtasks have run sends them in one system call (writev). `end()` flushes.
+ */
+function coalesceWrites(socket: Socket): void {
+  const write = socket.write;
+  let held = false;
+  const release = () => {
+    held = false;
+    socket.uncork();
+  };
+  socket.write = function (this: Socket, ...args: Parameters<Socket["write"]>) {
+    if (!held && !socket.destroyed) {
+      held = true;
+      socket.cork();
+      queueMicrotask(release);
+    }
+    return write.apply(this, args);
+  } as Socket["write"];
 }
 
 /** Starts the listeners. */
