@@ -106,18 +106,28 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   );
   const ingress = await startIngress(await ingressOptions(config, relay, metrics));
 
-  const flushQuotas = async (all = false) => {
-    await Promise.all([...runtimes.values()].map(async (r) => {
-      if (!all && !r.quota.dirty) return;
-      await quotaStore.save(r.config.email, r.quota.snapshot()).catch((err) =>
-        log.error("cannot save quota counters of {account}: {error}", {
-          account: r.config.email,
-          error: err instanceof Error ? err.message : String(err),
-        })
-      );
-    }));
+  // One account after the other: written all at once, 100 accounts' files cost the event
+  // loop a ~30 ms stretch every flush, which every message in flight then waits out.
+  let flushing: Promise<void> | undefined;
+  const flushQuotas = async (all = false): Promise<void> => {
+    while (flushing) await flushing;
+    flushing = (async () => {
+      for (const r of [...runtimes.values()]) {
+        if (!all && !r.quota.dirty) continue;
+        await quotaStore.save(r.config.email, r.quota.snapshot()).catch((err) =>
+          log.error("cannot save quota counters of {account}: {error}", {
+            account: r.config.email,
+            error: err instanceof Error ? err.message : String(err),
+          })
+        );
+      }
+    })().finally(() => flushing = undefined);
+    await flushing;
   };
-  const flushTimer = setInterval(() => void flushQuotas(), QUOTA_FLUSH_MS);
+  // A flush still writing when the next is due: skipped, the counters stay dirty.
+  const flushTimer = setInterval(() => {
+    if (!flushing) void flushQuotas();
+  }, QUOTA_FLUSH_MS);
 
   let listening = true;
   const http = await startHttp({
