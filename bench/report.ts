@@ -47,6 +47,8 @@ export interface Side {
    * `smtp_relay_message_duration_seconds` histogram, delivered messages), ms.
    */
   readonly relayDeliverMeanMs?: number;
+  /** Share of delivered messages that spent over 10 ms inside the relay (same histogram). */
+  readonly relayOver10msShare?: number;
   /** Sandbox event-loop lag during the run, ms. */
   readonly sandboxLoopLag: { readonly p99: number; readonly max: number; readonly over50: number };
   /** Sandbox provider CPU seconds during the run. */

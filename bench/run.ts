@@ -250,11 +250,14 @@ export async function scrape(relay: RelayProc): Promise<Map<string, number>> {
 }
 
 /** Sum (s) and count of the relay's duration histogram for delivered messages. */
-function deliverHistogram(metrics: Map<string, number>): { sum: number; count: number } {
+function deliverHistogram(
+  metrics: Map<string, number>,
+): { sum: number; count: number; within10ms: number } {
   const name = "smtp_relay_message_duration_seconds";
   return {
     sum: metrics.get(`${name}_sum{result="delivered"}`) ?? 0,
     count: metrics.get(`${name}_count{result="delivered"}`) ?? 0,
+    within10ms: metrics.get(`${name}_bucket{le="0.01",result="delivered"}`) ?? 0,
   };
 }
 
@@ -405,6 +408,9 @@ export async function measure(ctx: Ctx, relay: RelayProc | undefined, shape: Sha
         relayDeliverMeanMs: h0 && h1 && h1.count > h0.count
           ? (1000 * (h1.sum - h0.sum)) / (h1.count - h0.count)
           : NaN,
+        relayOver10msShare: h0 && h1 && h1.count > h0.count
+          ? 1 - (h1.within10ms - h0.within10ms) / (h1.count - h0.count)
+          : NaN,
       }
       : {}),
   };
@@ -415,7 +421,10 @@ export async function measure(ctx: Ctx, relay: RelayProc | undefined, shape: Sha
       `p50/p99 ${fmt(side.latency.p50, 1)}/${fmt(side.latency.p99, 1)} ms` +
       (side.relayCpuS !== undefined
         ? `, relay CPU ${fmt(side.relayCpuS, 2)} s, peak RSS ${fmt(side.relayPeakRssMB)} MB, ` +
-          `in relay ${fmt(side.relayDeliverMeanMs, 1)} ms mean, relay loop lag p99/max ` +
+          `in relay ${fmt(side.relayDeliverMeanMs, 1)} ms mean, ` +
+          `${
+            fmt(100 * (side.relayOver10msShare ?? NaN), 2)
+          } % over 10 ms, relay loop lag p99/max ` +
           `${fmt(side.relayLoopLag?.p99, 1)}/${fmt(side.relayLoopLag?.max, 1)} ms`
         : "") +
       `, sandbox/generator CPU ${fmt(side.sandboxCpuS, 2)}/${fmt(side.generatorCpuS, 2)} s` +
