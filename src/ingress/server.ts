@@ -173,16 +173,21 @@ class Listener extends SMTPServer {
  * smtp-server writes every reply line on its own; a pipelining client's MAIL, RCPT and
  * DATA get three replies in the same turn of the event loop. Holding writes until the
  * turn's microtasks have run sends them in one system call (writev). `end()` flushes.
+ * A 220 (the greeting, and the go-ahead for STARTTLS, after which smtp-server hands the
+ * socket to TLS in the same turn) is never held: it leaves at once, after anything held.
  */
 function coalesceWrites(socket: Socket): void {
   const write = socket.write;
   let held = false;
   const release = () => {
+    if (!held) return;
     held = false;
     socket.uncork();
   };
   socket.write = function (this: Socket, ...args: Parameters<Socket["write"]>) {
-    if (!held && !socket.destroyed) {
+    if (typeof args[0] === "string" && args[0].startsWith("220")) {
+      release();
+    } else if (!held && !socket.destroyed) {
       held = true;
       socket.cork();
       queueMicrotask(release);

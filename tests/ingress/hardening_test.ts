@@ -112,6 +112,40 @@ Deno.test("AUTH in plaintext from a non-loopback client: 538 5.7.11; after START
   }
 });
 
+Deno.test("pipelined commands: every reply arrives, in order; EHLO + STARTTLS in one write upgrades", async () => {
+  const dir = await Deno.makeTempDir();
+  const h = await startHarness({ config: { smtp: { port: 0 }, tls: await tlsFiles(dir) } });
+  const { client: c } = await RawSmtp.connect(h.relay.smtp.port);
+  const encode = (s: string) => new TextEncoder().encode(s);
+  try {
+    // RFC 2920: STARTTLS may end a pipelined group. Its 220 must leave in plaintext, before
+    // the handshake, even when the EHLO reply is still waiting to be written with it.
+    await c.write(encode("EHLO client.example\r\nSTARTTLS\r\n"));
+    assert.equal((await c.reply()).code, 250);
+    assert.equal((await c.reply()).last, "220 Ready to start TLS");
+    await c.startTls([SANDBOX_CA_PEM]);
+    assert.equal((await c.command("EHLO client.example")).code, 250);
+    assert.equal((await c.command(`AUTH PLAIN ${plain(h.accounts[0].email, PASSWORD)}`)).code, 235);
+    // Two whole transactions in one write: seven replies, in order, none lost or merged.
+    const from = h.accounts[0].email;
+    const one = `MAIL FROM:<${from}>\r\nRCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>\r\n`;
+    await c.write(encode(`${one}DATA\r\n`));
+    const codes = [];
+    for (let i = 0; i < 4; i++) codes.push((await c.reply()).code);
+    assert.deepEqual(codes, [250, 250, 250, 354]);
+    await c.write(encode(`Subject: p\r\n\r\nx\r\n.\r\n${one}RSET\r\n`));
+    const after = [];
+    for (let i = 0; i < 5; i++) after.push((await c.reply()).code);
+    assert.deepEqual(after, [250, 250, 250, 250, 250]);
+    assert.equal(h.sandbox.received.length, 1);
+    assert.deepEqual(h.sandbox.received[0].to, ["a@example.net", "b@example.net"]);
+  } finally {
+    c.close();
+    await h.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("PROXY headers count only from configured proxies", async () => {
   const h = await startHarness({ config: { smtp: { port: 0, proxyFrom: ["127.0.0.2"] } } });
   try {
