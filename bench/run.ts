@@ -26,6 +26,8 @@ export interface Options {
   verbose: boolean;
   relayLogLevel: string;
   realHash: boolean;
+  /** Scenario 3's rate instead of the scale's (--rate). */
+  rate?: number;
 }
 
 /** Sizes of every scenario; the quick run shrinks them. */

@@ -174,7 +174,8 @@ export async function relayAScenarios(
             .join("; "),
         ],
       ],
-      verdicts: [
+      // The target is set at 1,000 msg/s; at another --rate the figures are only reported.
+      verdicts: scale.rate !== 1000 && !o.quick ? [] : [
         verdict(
           ctx,
           "p99 latency added by the relay ≤ 5 ms at a steady 1,000 msg/s",
