@@ -54,6 +54,8 @@ const log = getLogger(["relay", "app"]);
 const tokenLog = getLogger(["relay", "tokens"]);
 /** Quota counters are written at most this often (and at stop), ms. */
 const QUOTA_FLUSH_MS = 10_000;
+/** How long shutdown waits for non-delivery reports still being sent. */
+const REPORTS_GRACE_MS = 5_000;
 
 /** Starts everything the config describes. */
 export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
@@ -103,6 +105,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     [...runtimes.values()].map((r) => r.relayAccount),
     config.senderDomains,
     metrics,
+    { name: config.smtp.name },
   );
   const ingress = await startIngress(await ingressOptions(config, relay, metrics));
 
@@ -169,6 +172,16 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     clearInterval(flushTimer);
     if (deadlineMs > 0) await ingress.drain(deadlineMs);
     else await ingress.close();
+    // Reports about messages that finished during the drain go out before the pools QUIT
+    // (for at most REPORTS_GRACE_MS: a provider that hangs does not hold up the exit).
+    if (deadlineMs > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        relay.reportsSettled(),
+        new Promise((ok) => timer = setTimeout(ok, REPORTS_GRACE_MS)),
+      ]);
+      clearTimeout(timer);
+    }
     if (deadlineMs > 0) await Promise.all([...runtimes.values()].map((r) => r.stop()));
     else for (const r of runtimes.values()) r.retire(0);
     await flushQuotas(true);

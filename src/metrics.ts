@@ -5,7 +5,7 @@
  */
 import client from "prom-client";
 import type { IngressObserver } from "./ingress/backend.ts";
-import type { MessageResult, RelayObserver } from "./relay/relay.ts";
+import type { MessageResult, RelayObserver, ReportResult } from "./relay/relay.ts";
 import type { QuotaKind } from "./quota/quota.ts";
 import type { UpstreamObserver } from "./upstream/pool.ts";
 import type { RefreshOutcome, TokenState } from "./tokens/manager.ts";
@@ -34,6 +34,7 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
   readonly #sessions: client.Gauge;
   readonly #ingressRefusals: client.Counter<"reason">;
   readonly #quota: client.Counter<"kind">;
+  readonly #reports: client.Counter<"result">;
   readonly #reloads: client.Counter<"result">;
   readonly #lastReload: client.Gauge;
   readonly #perAccount?: client.Counter<"account" | "result">;
@@ -106,6 +107,13 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
       name: "smtp_relay_quota_deferrals_total",
       help: "Messages deferred because an account quota was spent, by quota.",
       labelNames: ["kind"],
+      registers,
+    });
+    this.#reports = new client.Counter({
+      name: "smtp_relay_nondelivery_reports_total",
+      help:
+        "Non-delivery reports for recipients the provider refused (sent, failed, skipped: quota).",
+      labelNames: ["result"],
       registers,
     });
     this.#reloads = new client.Counter({
@@ -202,6 +210,11 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
   /** @inheritdoc */
   quotaDeferred(kind: QuotaKind): void {
     this.#quota.inc({ kind });
+  }
+
+  /** Counts a non-delivery report. */
+  reportDone(result: ReportResult): void {
+    this.#reports.inc({ result });
   }
 
   /** Counts a configuration reload. */

@@ -7,7 +7,8 @@
 import { getLogger } from "@logtape/logtape";
 import type { Backend, Peer, Principal, Transaction } from "../ingress/backend.ts";
 import { formatReply, type Reply, reply } from "../smtp/reply.ts";
-import type { OutgoingMessage, UpstreamResult } from "../upstream/pool.ts";
+import type { OutgoingMessage, RejectedRecipient, UpstreamResult } from "../upstream/pool.ts";
+import { nonDeliveryReport } from "./dsn.ts";
 import { TokenError } from "../tokens/oauth.ts";
 import { PasswordVerifier, verifyNobody } from "./password.ts";
 import type { AccountQuota, QuotaKind } from "../quota/quota.ts";
@@ -50,6 +51,17 @@ export interface RelayObserver {
   ): void;
   /** A message was deferred by a quota. */
   quotaDeferred(kind: QuotaKind): void;
+  /** A non-delivery report was sent, could not be sent, or was not attempted (quota). */
+  reportDone(result: ReportResult): void;
+}
+
+/** How sending a non-delivery report ended. */
+export type ReportResult = "sent" | "failed" | "skipped";
+
+/** Options of {@link Relay}. */
+export interface RelayOptions {
+  /** The relay's name (its EHLO name), for the non-delivery reports it writes. */
+  readonly name: string;
 }
 
 interface Entry extends Principal {
@@ -69,6 +81,9 @@ export class Relay implements Backend {
   /** Sender address (account or alias) or domain → account, for trusted-network clients. */
   #bySender = new Map<string, Entry>();
   readonly #observer?: RelayObserver;
+  readonly #name: string;
+  /** Non-delivery reports still being sent. */
+  readonly #reports = new Set<Promise<void>>();
 
   /**
    * `accounts` must have unique addresses and aliases (the config loader checks);
@@ -78,9 +93,16 @@ export class Relay implements Backend {
     accounts: Iterable<RelayAccount>,
     senderDomains: Readonly<Record<string, string>> = {},
     observer?: RelayObserver,
+    options: RelayOptions = { name: "localhost" },
   ) {
     this.#observer = observer;
+    this.#name = options.name;
     this.update(accounts, senderDomains);
+  }
+
+  /** Resolves once the non-delivery reports being sent now are done (shutdown). */
+  async reportsSettled(): Promise<void> {
+    while (this.#reports.size > 0) await Promise.allSettled([...this.#reports]);
   }
 
   /**
@@ -160,7 +182,13 @@ export class Relay implements Backend {
   async deliver(principal: Principal, tx: Transaction): Promise<Reply> {
     const started = performance.now();
     const entry = principal as Entry;
+    const arrival = new Date();
     const outcome = await this.#attempt(entry.account, tx);
+    if (outcome.rejected?.length && tx.from !== "") {
+      const report = this.#report(entry.account, tx, outcome.rejected, arrival);
+      this.#reports.add(report);
+      report.finally(() => this.#reports.delete(report));
+    }
     const seconds = (performance.now() - started) / 1000;
     this.#observer?.messageDone(outcome.result, seconds, outcome.refused, entry.account.email);
     const props = {
@@ -177,6 +205,59 @@ export class Relay implements Backend {
     if (outcome.result === "delivered") log.info(line, props);
     else log.warn(line, props);
     return outcome.reply;
+  }
+
+  /**
+   * Tells the sender which recipients the provider refused, through the same account:
+   * with the null sender (RFC 5321 section 4.5.5), and if the provider will not take
+   * that, from the account's own address. Counts against the account's quota. Never
+   * throws; the client already has its reply.
+   */
+  async #report(
+    account: RelayAccount,
+    tx: Transaction,
+    rejected: readonly RejectedRecipient[],
+    arrival: Date,
+  ): Promise<void> {
+    const props = { account: account.email, recipients: rejected.length };
+    const reserved = account.quota.reserve(1);
+    if (!("release" in reserved)) {
+      this.#observer?.reportDone("skipped");
+      log.warn("no non-delivery report for {recipients} refused recipients of {account}: quota", {
+        ...props,
+      });
+      return;
+    }
+    const raw = nonDeliveryReport({
+      reportingMta: this.#name,
+      account: account.email,
+      sender: tx.from,
+      recipients: rejected,
+      original: tx.message,
+      arrival,
+    });
+    let r = await account.deliver({ from: "", to: [tx.from], raw });
+    if (r.kind === "refused") {
+      r = await account.deliver({ from: account.email, to: [tx.from], raw });
+    }
+    if (r.kind === "sent" && r.rejected.length === 0) {
+      this.#observer?.reportDone("sent");
+      log.info("non-delivery report for {recipients} refused recipients of {account} sent", props);
+      return;
+    }
+    reserved.release();
+    this.#observer?.reportDone("failed");
+    const why = r.kind === "sent"
+      ? formatReply(r.rejected[0].reply)
+      : r.kind === "unreachable"
+      ? r.detail
+      : r.kind === "token"
+      ? r.error.message
+      : formatReply(r.reply);
+    log.error(
+      "could not send the non-delivery report for {recipients} refused recipients of {account}: {why}",
+      { ...props, why },
+    );
   }
 
   async #attempt(account: RelayAccount, tx: Transaction): Promise<Outcome> {
@@ -201,6 +282,8 @@ interface Outcome {
   readonly result: MessageResult;
   readonly reply: Reply;
   readonly refused: number;
+  /** Recipients the provider refused while it took the message for others. */
+  readonly rejected?: readonly RejectedRecipient[];
 }
 
 const QUOTA_NAMES: Record<QuotaKind, string> = {
@@ -252,6 +335,7 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
           clip(`Delivered to ${accepted} of ${recipients} recipients; refused: ${refused}`),
         ),
         refused: r.rejected.length,
+        rejected: r.rejected,
       };
     }
     case "refused":

@@ -56,6 +56,8 @@ export interface SmtpFaults {
   rejectAuthNext: number;
   /** Recipient address → reply to its RCPT TO, e.g. `"550 5.1.1 No such user"`. Looked up as given and lower-cased. */
   rejectRecipients: Map<string, string>;
+  /** Sender address (`""`: the null sender) → reply to its MAIL FROM, as for recipients. */
+  rejectSenders: Map<string, string>;
   /** Reply to the end of DATA instead of accepting, e.g. `"451 4.3.0 Try again later"`; null accepts. */
   rejectData: string | null;
   /** How many messages get {@link SmtpFaults.rejectData}; decremented per rejection. Infinity (default) = always. */
@@ -110,6 +112,7 @@ function noFaults(): SmtpFaults {
   return {
     rejectAuthNext: 0,
     rejectRecipients: new Map(),
+    rejectSenders: new Map(),
     rejectData: null,
     rejectDataCount: Infinity,
     dropDataNext: 0,
@@ -188,7 +191,12 @@ export class SandboxSmtpServer {
         callback();
       },
       onAuth: (auth, session, callback) => this.#onAuth(auth, session, callback),
-      onMailFrom: (_address, _session, callback) => this.#reply(callback),
+      onMailFrom: (address, _session, callback) => {
+        const from = address.address ?? "";
+        const refusal = this.faults.rejectSenders.get(from) ??
+          this.faults.rejectSenders.get(from.toLowerCase());
+        this.#reply(callback, refusal === undefined ? null : replyError(refusal));
+      },
       onRcptTo: (address, _session, callback) => this.#onRcptTo(address, callback),
       onData: (stream, session, callback) => this.#onData(stream, session, callback),
       onClose: (session) => {

@@ -1,0 +1,133 @@
+/**
+ * Non-delivery reports (RFC 3464) for recipients the provider refused after the relay had
+ * said 250 to their RCPT TO. The client took those 250s as the relay's promise to deliver
+ * or report (RFC 5321 section 6.1); the relay keeps no queue, so it reports at once. This
+ * module only builds the report; the relay sends it.
+ * @module
+ */
+import { formatReply, type Reply } from "../smtp/reply.ts";
+
+/** A recipient the provider refused, and how. */
+export interface FailedRecipient {
+  /** The address as given in RCPT TO. */
+  readonly recipient: string;
+  /** The provider's reply to it. */
+  readonly reply: Reply;
+}
+
+/** What a report says. */
+export interface ReportInput {
+  /** The relay's name (EHLO name): Reporting-MTA, and the Message-ID's domain. */
+  readonly reportingMta: string;
+  /** The account that sent the original; the report goes out as it (providers insist). */
+  readonly account: string;
+  /** The original's envelope sender: the report's recipient. */
+  readonly sender: string;
+  /** The refused recipients. */
+  readonly recipients: readonly FailedRecipient[];
+  /** The original message; its header section is attached, its body is not. */
+  readonly original: Uint8Array;
+  /** When the relay received the original. */
+  readonly arrival: Date;
+}
+
+/** The attached header section stops here (the end of a header line before it). */
+const MAX_HEADERS = 64 * 1024;
+/** Longest line written (RFC 5322 allows 998 characters). */
+const MAX_LINE = 900;
+
+/** Builds the report: a multipart/report message, CRLF line ends, ready to send. */
+export function nonDeliveryReport(input: ReportInput): Uint8Array {
+  const boundary = `=_report_${crypto.randomUUID()}`;
+  const date = rfc5322Date(new Date());
+  const failed = input.recipients.map((r) =>
+    `<${clean(r.recipient)}>: ${clean(formatReply(r.reply))}`
+  );
+  const fields = input.recipients.map((r) =>
+    [
+      `Final-Recipient: rfc822; ${clean(r.recipient)}`,
+      "Action: failed",
+      `Status: ${status(r.reply)}`,
+      `Diagnostic-Code: smtp; ${clean(formatReply(r.reply))}`,
+    ].join("\r\n")
+  );
+  const text = [
+    `From: Mail Delivery System <${clean(input.account)}>`,
+    `To: <${clean(input.sender)}>`,
+    "Subject: Undelivered Mail Returned to Sender",
+    `Date: ${date}`,
+    `Message-ID: <${crypto.randomUUID()}@${clean(input.reportingMta)}>`,
+    "Auto-Submitted: auto-replied",
+    "MIME-Version: 1.0",
+    `Content-Type: multipart/report; report-type=delivery-status; boundary="${boundary}"`,
+    "",
+    "This is a MIME-encapsulated message.",
+    "",
+    `--${boundary}`,
+    "Content-Type: text/plain; charset=utf-8",
+    "Content-Transfer-Encoding: 8bit",
+    "",
+    `This is the SMTP relay ${clean(input.reportingMta)}.`,
+    "",
+    `Your message was handed to the provider of ${clean(input.account)}, which accepted it`,
+    "for some recipients and refused the ones below. The relay does not retry them: send the",
+    "message to them again once the cause is fixed.",
+    "",
+    ...failed,
+    "",
+    `--${boundary}`,
+    "Content-Type: message/delivery-status",
+    "",
+    `Reporting-MTA: dns; ${clean(input.reportingMta)}`,
+    `Arrival-Date: ${rfc5322Date(input.arrival)}`,
+    "",
+    fields.join("\r\n\r\n"),
+    "",
+    `--${boundary}`,
+    "Content-Type: text/rfc822-headers",
+    "Content-Transfer-Encoding: 8bit",
+    "",
+    "",
+  ].join("\r\n");
+  const tail = `\r\n--${boundary}--\r\n`;
+  const encoder = new TextEncoder();
+  const head = encoder.encode(text);
+  const headers = headerSection(input.original);
+  const out = new Uint8Array(head.length + headers.length + tail.length);
+  out.set(head, 0);
+  out.set(headers, head.length);
+  out.set(encoder.encode(tail), head.length + headers.length);
+  return out;
+}
+
+/** The original's header section (without the blank line), cut at a line end if huge. */
+function headerSection(message: Uint8Array): Uint8Array {
+  let end = message.length;
+  for (let i = 0; i + 1 < message.length; i++) {
+    if (message[i] === 0x0a && (message[i + 1] === 0x0a || message[i + 1] === 0x0d)) {
+      end = i + 1;
+      break;
+    }
+  }
+  if (end > MAX_HEADERS) end = message.lastIndexOf(0x0a, MAX_HEADERS) + 1;
+  // Whatever line ending the client used, the report's part ends with CRLF.
+  const section = message.subarray(0, end);
+  return section.length === 0 || section[section.length - 1] === 0x0a ? section : new Uint8Array();
+}
+
+/** RFC 3463 status for a refusal: the provider's enhanced code, or its class. */
+function status(r: Reply): string {
+  return /^[45]\.\d{1,3}\.\d{1,3}$/.test(r.enhanced) ? r.enhanced : `${r.code >= 500 ? 5 : 4}.0.0`;
+}
+
+/** One header-safe line: no control characters, not longer than {@link MAX_LINE}. */
+function clean(text: string): string {
+  // deno-lint-ignore no-control-regex
+  const line = text.replace(/[\x00-\x1f\x7f]+/g, " ");
+  return line.length > MAX_LINE ? `${line.slice(0, MAX_LINE - 3)}...` : line;
+}
+
+/** `Thu, 26 Nov 2026 23:20:00 +0000` */
+function rfc5322Date(d: Date): string {
+  return d.toUTCString().replace("GMT", "+0000");
+}

@@ -1,0 +1,167 @@
+/**
+ * Recipients the provider refused after the relay said 250 to their RCPT TO: the sender
+ * gets a non-delivery report (RFC 3464) through the same account, the client's reply is
+ * unchanged, nothing is reported twice or about a report.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import type { NodemailerError } from "nodemailer";
+import { nonDeliveryReport } from "../../src/relay/dsn.ts";
+import { reply } from "../../src/smtp/reply.ts";
+import type { ReceivedMessage } from "../../src/sandbox/mod.ts";
+import { type Harness, metricValue, rawMessage, startHarness } from "../harness.ts";
+
+const decoder = new TextDecoder();
+
+async function send(h: Harness, from: string, to: string[], raw: Uint8Array) {
+  try {
+    const info = await h.client().sendMail({ envelope: { from, to }, raw: Buffer.from(raw) });
+    return info.response;
+  } catch (err) {
+    return (err as NodemailerError).response ?? String(err);
+  }
+}
+
+/** Waits (bounded) until the sandbox holds `n` messages. */
+async function received(h: Harness, n: number): Promise<ReceivedMessage[]> {
+  const deadline = Date.now() + 5_000;
+  while (h.sandbox.received.length < n && Date.now() < deadline) {
+    await new Promise((ok) => setTimeout(ok, 10));
+  }
+  return h.sandbox.received;
+}
+
+Deno.test("report: RFC 3464 structure, the original's headers but not its body, safe lines", () => {
+  const original = new TextEncoder().encode(
+    "From: <a@example.com>\r\nSubject: hello\r\nX-Id: 42\r\n\r\nsecret body text\r\n",
+  );
+  const bytes = nonDeliveryReport({
+    reportingMta: "relay.example",
+    account: "a@example.com",
+    sender: "a@example.com",
+    recipients: [
+      { recipient: "gone@example.net", reply: reply(550, "5.1.1", "No such user") },
+      { recipient: "full@example.net", reply: reply(452, "", "Mailbox full") },
+    ],
+    original,
+    arrival: new Date("2026-11-26T23:00:00Z"),
+  });
+  const text = decoder.decode(bytes);
+  assert.ok(!/[^\r]\n/.test(text), "every line ends with CRLF");
+  assert.ok(text.split("\r\n").every((l) => l.length <= 998));
+  const boundary = text.match(/boundary="([^"]+)"/)?.[1];
+  assert.ok(boundary);
+  assert.match(text, /^From: Mail Delivery System <a@example\.com>\r\nTo: <a@example\.com>\r\n/);
+  assert.match(text, /\r\nAuto-Submitted: auto-replied\r\n/);
+  assert.match(text, /report-type=delivery-status/);
+  const parts = text.split(`--${boundary}`);
+  assert.equal(parts.length, 5); // preamble, 3 parts, closing "--"
+  assert.equal(parts[4], "--\r\n");
+  assert.match(parts[1], /<gone@example\.net>: 550 5\.1\.1 No such user/);
+  assert.match(parts[2], /^\r\nContent-Type: message\/delivery-status\r\n\r\n/);
+  assert.match(parts[2], /Reporting-MTA: dns; relay\.example\r\nArrival-Date: Thu, 26 Nov 2026/);
+  assert.match(
+    parts[2],
+    /Final-Recipient: rfc822; gone@example\.net\r\nAction: failed\r\nStatus: 5\.1\.1\r\n/,
+  );
+  // No enhanced code from the provider: the class stands in.
+  assert.match(
+    parts[2],
+    /Final-Recipient: rfc822; full@example\.net\r\nAction: failed\r\nStatus: 4\.0\.0/,
+  );
+  assert.match(parts[3], /Content-Type: text\/rfc822-headers/);
+  assert.match(parts[3], /Subject: hello\r\nX-Id: 42\r\n/);
+  assert.ok(!text.includes("secret body text"));
+});
+
+Deno.test("refused recipients: the sender gets a report, the client its 250, once", async () => {
+  const h = await startHarness();
+  try {
+    const a = h.accounts[0];
+    h.sandbox.smtpFaults.rejectRecipients.set("gone@example.net", "550 5.1.1 No such user");
+    const raw = rawMessage(a.email, "ok@example.net", "the body\r\n", "quarterly numbers");
+    const response = await send(h, a.email, ["ok@example.net", "gone@example.net"], raw);
+    assert.equal(
+      response,
+      "250 2.0.0 Delivered to 1 of 2 recipients; refused: <gone@example.net> 550 5.1.1",
+    );
+    const [original, report] = await received(h, 2);
+    assert.deepEqual(original.to, ["ok@example.net"]);
+    assert.equal(report.user, a.email); // sent through the same account
+    assert.equal(report.from, ""); // the null sender: no report about a report
+    assert.deepEqual(report.to, [a.email]);
+    const text = decoder.decode(report.data);
+    assert.match(text, /Final-Recipient: rfc822; gone@example\.net\r\nAction: failed\r\n/);
+    assert.match(text, /Diagnostic-Code: smtp; 550 5\.1\.1 No such user/);
+    assert.match(text, /Subject: quarterly numbers/);
+    assert.ok(!text.includes("ok@example.net>: "), "only refused recipients are listed");
+    assert.ok(!text.includes("the body"));
+    await new Promise((ok) => setTimeout(ok, 200));
+    assert.equal(h.sandbox.received.length, 2);
+    const metrics = await h.metrics();
+    assert.equal(metricValue(metrics, 'smtp_relay_nondelivery_reports_total{result="sent"}'), 1);
+    assert.equal(metricValue(metrics, 'smtp_relay_messages_total{result="partial"}'), 1);
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("no report for a message from the null sender", async () => {
+  const h = await startHarness();
+  try {
+    const a = h.accounts[0];
+    h.sandbox.smtpFaults.rejectRecipients.set("gone@example.net", "550 5.1.1 No such user");
+    const raw = rawMessage("", "ok@example.net", "a bounce\r\n");
+    const response = await send(h, "", ["ok@example.net", "gone@example.net"], raw);
+    assert.match(response, /^250 2\.0\.0 Delivered to 1 of 2 recipients/);
+    await new Promise((ok) => setTimeout(ok, 300));
+    assert.equal(h.sandbox.received.length, 1);
+    assert.equal(h.sandbox.received[0].user, a.email);
+    assert.equal(metricValue(await h.metrics(), "smtp_relay_nondelivery_reports_total"), 0);
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("a provider that refuses the null sender gets the report from the account", async () => {
+  const h = await startHarness();
+  try {
+    const a = h.accounts[0];
+    h.sandbox.smtpFaults.rejectRecipients.set("gone@example.net", "550 5.1.1 No such user");
+    h.sandbox.smtpFaults.rejectSenders.set("", "553 5.7.1 Sender address not allowed");
+    const raw = rawMessage(a.email, "ok@example.net", "x\r\n");
+    assert.match(await send(h, a.email, ["ok@example.net", "gone@example.net"], raw), /^250 /);
+    const [, report] = await received(h, 2);
+    assert.equal(report.from, a.email);
+    assert.deepEqual(report.to, [a.email]);
+    assert.match(decoder.decode(report.data), /Final-Recipient: rfc822; gone@example\.net/);
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("a report the provider refuses is counted as failed; the client's reply stands", async () => {
+  const h = await startHarness();
+  try {
+    const a = h.accounts[0];
+    h.sandbox.smtpFaults.rejectRecipients.set("gone@example.net", "550 5.1.1 No such user");
+    // The report goes to the sender, whom the provider refuses too.
+    h.sandbox.smtpFaults.rejectRecipients.set(a.email, "550 5.1.1 No such user");
+    const raw = rawMessage(a.email, "ok@example.net", "x\r\n");
+    const response = await send(h, a.email, ["ok@example.net", "gone@example.net"], raw);
+    assert.match(response, /^250 2\.0\.0 Delivered to 1 of 2 recipients/);
+    const deadline = Date.now() + 5_000;
+    let failed = 0;
+    while (failed === 0 && Date.now() < deadline) {
+      await new Promise((ok) => setTimeout(ok, 20));
+      failed = metricValue(
+        await h.metrics(),
+        'smtp_relay_nondelivery_reports_total{result="failed"}',
+      );
+    }
+    assert.equal(failed, 1);
+    assert.equal(h.sandbox.received.length, 1);
+  } finally {
+    await h.close();
+  }
+});
