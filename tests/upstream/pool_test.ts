@@ -87,7 +87,8 @@ Deno.test("a certificate from an untrusted CA is refused", async () => {
   }
 });
 
-Deno.test("with the sandbox CA the same pool delivers over STARTTLS + XOAUTH2", async () => {
+/** A sandbox with user0@example.com and a pool for it that trusts the sandbox CA. */
+async function sandboxPool() {
   const sandbox = await startSandbox();
   const [account] = makeAccounts(1);
   sandbox.addAccount({ ...account, email: "user0@example.com" });
@@ -104,6 +105,11 @@ Deno.test("with the sandbox CA the same pool delivers over STARTTLS + XOAUTH2", 
     target(sandbox.smtpPort, sandbox.ca),
     () => Promise.resolve({ token: grant.access_token, useUntil: Date.now() + 60_000 }),
   );
+  return { sandbox, pool };
+}
+
+Deno.test("with the sandbox CA the same pool delivers over STARTTLS + XOAUTH2", async () => {
+  const { sandbox, pool } = await sandboxPool();
   try {
     const result = await pool.send(message);
     assert.equal(result.kind, "sent");
@@ -116,22 +122,7 @@ Deno.test("with the sandbox CA the same pool delivers over STARTTLS + XOAUTH2", 
 });
 
 Deno.test("a pooled connection the provider closed is replaced: the next message is delivered", async (t) => {
-  const sandbox = await startSandbox();
-  const [account] = makeAccounts(1);
-  sandbox.addAccount({ ...account, email: "user0@example.com" });
-  const grant = await fetch(sandbox.tokenUrl, {
-    method: "POST",
-    body: new URLSearchParams({
-      grant_type: "refresh_token",
-      refresh_token: account.refreshToken,
-      client_id: account.clientId,
-      client_secret: account.clientSecret,
-    }),
-  }).then((r) => r.json());
-  const pool = new UpstreamPool(
-    target(sandbox.smtpPort, sandbox.ca),
-    () => Promise.resolve({ token: grant.access_token, useUntil: Date.now() + 60_000 }),
-  );
+  const { sandbox, pool } = await sandboxPool();
   try {
     assert.equal((await pool.send(message)).kind, "sent");
     for (const silently of [false, true]) {
