@@ -182,12 +182,13 @@ export class Relay implements Backend {
   async deliver(principal: Principal, tx: Transaction): Promise<Reply> {
     const started = performance.now();
     const entry = principal as Entry;
-    const arrival = new Date();
+    const arrivedAt = Date.now();
     const outcome = await this.#attempt(entry.account, tx);
     if (outcome.rejected?.length && tx.from !== "") {
-      const report = this.#report(entry.account, tx, outcome.rejected, arrival);
+      const report = this.#report(entry.account, tx, outcome.rejected, new Date(arrivedAt));
       this.#reports.add(report);
-      report.finally(() => this.#reports.delete(report));
+      const done = () => this.#reports.delete(report);
+      report.then(done, done);
     }
     const seconds = (performance.now() - started) / 1000;
     this.#observer?.messageDone(outcome.result, seconds, outcome.refused, entry.account.email);
@@ -220,14 +221,30 @@ export class Relay implements Backend {
     arrival: Date,
   ): Promise<void> {
     const props = { account: account.email, recipients: rejected.length };
-    const reserved = account.quota.reserve(1);
-    if (!("release" in reserved)) {
-      this.#observer?.reportDone("skipped");
-      log.warn("no non-delivery report for {recipients} refused recipients of {account}: quota", {
-        ...props,
-      });
-      return;
+    let result: ReportResult;
+    let why: string;
+    try {
+      [result, why] = await this.#sendReport(account, tx, rejected, arrival);
+    } catch (err) {
+      // Not expected (deliver never throws); a report must not take the process down.
+      [result, why] = ["failed", err instanceof Error ? err.message : String(err)];
     }
+    this.#observer?.reportDone(result);
+    const what = "non-delivery report for {recipients} refused recipients of {account}";
+    if (result === "sent") log.info(`${what} sent`, props);
+    else if (result === "skipped") log.warn(`no ${what}: {why}`, { ...props, why });
+    else log.error(`could not send the ${what}: {why}`, { ...props, why });
+  }
+
+  /** Sends one report; says how it went and, unless sent, why. */
+  async #sendReport(
+    account: RelayAccount,
+    tx: Transaction,
+    rejected: readonly RejectedRecipient[],
+    arrival: Date,
+  ): Promise<[ReportResult, string]> {
+    const reserved = account.quota.reserve(1);
+    if (!("release" in reserved)) return ["skipped", quotaText(account.email, reserved)];
     const raw = nonDeliveryReport({
       reportingMta: this.#name,
       account: account.email,
@@ -240,13 +257,8 @@ export class Relay implements Backend {
     if (r.kind === "refused") {
       r = await account.deliver({ from: account.email, to: [tx.from], raw });
     }
-    if (r.kind === "sent" && r.rejected.length === 0) {
-      this.#observer?.reportDone("sent");
-      log.info("non-delivery report for {recipients} refused recipients of {account} sent", props);
-      return;
-    }
+    if (r.kind === "sent" && r.rejected.length === 0) return ["sent", ""];
     reserved.release();
-    this.#observer?.reportDone("failed");
     const why = r.kind === "sent"
       ? formatReply(r.rejected[0].reply)
       : r.kind === "unreachable"
@@ -254,10 +266,7 @@ export class Relay implements Backend {
       : r.kind === "token"
       ? r.error.message
       : formatReply(r.reply);
-    log.error(
-      "could not send the non-delivery report for {recipients} refused recipients of {account}: {why}",
-      { ...props, why },
-    );
+    return ["failed", why];
   }
 
   async #attempt(account: RelayAccount, tx: Transaction): Promise<Outcome> {

@@ -31,6 +31,17 @@ async function received(h: Harness, n: number): Promise<ReceivedMessage[]> {
   return h.sandbox.received;
 }
 
+/** Polls /metrics (bounded) until `series` is non-zero; returns its value. */
+async function counted(h: Harness, series: string): Promise<number> {
+  const deadline = Date.now() + 5_000;
+  let value = 0;
+  while (value === 0 && Date.now() < deadline) {
+    await new Promise((ok) => setTimeout(ok, 20));
+    value = metricValue(await h.metrics(), series);
+  }
+  return value;
+}
+
 Deno.test("report: RFC 3464 structure, the original's headers but not its body, safe lines", () => {
   const original = new TextEncoder().encode(
     "From: <a@example.com>\r\nSubject: hello\r\nX-Id: 42\r\n\r\nsecret body text\r\n",
@@ -150,16 +161,23 @@ Deno.test("a report the provider refuses is counted as failed; the client's repl
     const raw = rawMessage(a.email, "ok@example.net", "x\r\n");
     const response = await send(h, a.email, ["ok@example.net", "gone@example.net"], raw);
     assert.match(response, /^250 2\.0\.0 Delivered to 1 of 2 recipients/);
-    const deadline = Date.now() + 5_000;
-    let failed = 0;
-    while (failed === 0 && Date.now() < deadline) {
-      await new Promise((ok) => setTimeout(ok, 20));
-      failed = metricValue(
-        await h.metrics(),
-        'smtp_relay_nondelivery_reports_total{result="failed"}',
-      );
-    }
-    assert.equal(failed, 1);
+    assert.equal(await counted(h, 'smtp_relay_nondelivery_reports_total{result="failed"}'), 1);
+    assert.equal(h.sandbox.received.length, 1);
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("no report when the account's quota is spent: counted as skipped", async () => {
+  // The original takes the day's only message; the report would be the second.
+  const h = await startHarness({ accountExtras: () => ({ quota: { messagesPerDay: 1 } }) });
+  try {
+    const a = h.accounts[0];
+    h.sandbox.smtpFaults.rejectRecipients.set("gone@example.net", "550 5.1.1 No such user");
+    const raw = rawMessage(a.email, "ok@example.net", "x\r\n");
+    const response = await send(h, a.email, ["ok@example.net", "gone@example.net"], raw);
+    assert.match(response, /^250 2\.0\.0 Delivered to 1 of 2 recipients/);
+    assert.equal(await counted(h, 'smtp_relay_nondelivery_reports_total{result="skipped"}'), 1);
     assert.equal(h.sandbox.received.length, 1);
   } finally {
     await h.close();
