@@ -47,6 +47,8 @@ export interface SandboxOptions {
   tokenPort?: number;
   /** Port of the SMTP server on 127.0.0.1; 0 (default) = ephemeral. */
   smtpPort?: number;
+  /** Message size limit the SMTP server advertises and enforces, bytes (default 50 MiB). */
+  smtpSize?: number;
   /** Lifetime of access tokens in seconds (default 3600). */
   accessTokenTtlSeconds?: number;
   /** Rotate refresh tokens on every refresh, like Microsoft (default true). */
@@ -156,6 +158,7 @@ export async function startSandbox(
     smtp = await SandboxSmtpServer.start({
       tokens,
       port: options.smtpPort,
+      size: options.smtpSize,
       onMessage: options.onMessage,
     });
   } catch (error) {

@@ -40,6 +40,8 @@ export interface ReceivedMessage {
   to: string[];
   /** Message exactly as received, after dot-unstuffing, ending with CRLF. */
   data: Uint8Array;
+  /** MAIL FROM parameters as sent (upper-case names), e.g. `{ BODY: "8BITMIME", SIZE: "2048" }`. */
+  mailParams: Record<string, string>;
   /** When the end of DATA was received. */
   receivedAt: Date;
   /** Address the relay connected from (its source address). */
@@ -374,6 +376,7 @@ export class SandboxSmtpServer {
         user: String(session.user ?? ""),
         from: envelope.mailFrom ? envelope.mailFrom.address : "",
         to: envelope.rcptTo.map((rcpt) => rcpt.address),
+        mailParams: mailParams(envelope.mailFrom ? envelope.mailFrom.args : false),
         data: new Uint8Array(Buffer.concat(chunks)),
         receivedAt: new Date(),
         remoteAddress: session.remoteAddress,
@@ -399,4 +402,12 @@ export class SandboxSmtpServer {
     }, delay);
     this.#timers.add(timer);
   }
+}
+
+/** smtp-server's MAIL FROM args (`false` when none) as a plain record of strings. */
+function mailParams(args: unknown): Record<string, string> {
+  if (!args || typeof args !== "object") return {};
+  return Object.fromEntries(
+    Object.entries(args as Record<string, unknown>).map(([k, v]) => [k.toUpperCase(), String(v)]),
+  );
 }

@@ -255,7 +255,7 @@ interface InternalPool {
 interface RawMail {
   readonly data: Record<string, never>;
   readonly message: {
-    getEnvelope(): { from: string; to: string[] };
+    getEnvelope(): { from: string; to: string[]; size: number; use8BitMime: boolean };
     messageId(): string;
     getHeader(name: string): string;
     /** Called again if the pool moves the message to another connection. */
@@ -263,16 +263,26 @@ interface RawMail {
   };
 }
 
-/** The finished message as nodemailer's pool expects it: envelope plus a fresh stream. */
+/**
+ * The finished message as nodemailer's pool expects it: envelope plus a fresh stream.
+ * MAIL FROM carries SIZE= (a provider refuses an oversized message before it is sent)
+ * and, for a message with 8-bit bytes, BODY=8BITMIME (RFC 6152), where offered.
+ */
 function rawMail(message: OutgoingMessage): RawMail {
   const bytes = Buffer.from(message.raw.buffer, message.raw.byteOffset, message.raw.byteLength);
+  const use8BitMime = has8Bit(message.raw);
   return {
     data: {},
     message: {
       // A new object each time: nodemailer writes the outcome (`mailError`, accepted,
       // rejected) into the envelope it is given, and a message moved to a new connection
       // after the provider closed the old one would otherwise fail with the old error.
-      getEnvelope: () => ({ from: message.from, to: [...message.to] }),
+      getEnvelope: () => ({
+        from: message.from,
+        to: [...message.to],
+        size: bytes.length,
+        use8BitMime,
+      }),
       messageId: () => "",
       getHeader: () => "",
       createReadStream: () =>
@@ -284,6 +294,12 @@ function rawMail(message: OutgoingMessage): RawMail {
         }),
     },
   };
+}
+
+/** True when any byte is outside 7-bit ASCII. */
+function has8Bit(raw: Uint8Array): boolean {
+  for (let i = 0; i < raw.length; i++) if (raw[i] > 0x7f) return true;
+  return false;
 }
 
 type SocketCallback = (err: Error | null, socketOptions?: { connection: net.Socket }) => void;
@@ -337,6 +353,18 @@ function classify(err: unknown): UpstreamResult {
       return { kind: "refused", reply: r };
     }
     return { kind: "auth", reply: r ?? reply(535, "5.7.8", "authentication failed") };
+  }
+  if (e?.code === "EMESSAGE" && code === undefined && e.command === "MAIL FROM") {
+    // nodemailer's own check against the SIZE the provider advertised: it never fits.
+    const limit = e.message.match(/(\d+)\s*$/)?.[1];
+    return {
+      kind: "refused",
+      reply: reply(
+        552,
+        "5.3.4",
+        `Message too big for the provider${limit ? ` (its limit: ${limit} bytes)` : ""}`,
+      ),
+    };
   }
   if ((e?.code === "EENVELOPE" || e?.code === "EMESSAGE") && code !== undefined && code >= 400) {
     const first = e.rejectedErrors?.length ? replyOf(e.rejectedErrors[0]) : undefined;

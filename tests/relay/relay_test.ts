@@ -56,6 +56,12 @@ Deno.test("message bytes reach the provider unchanged", async (t) => {
         assert.match(r.response, /^250 2\.0\.0 OK, upstream said: 250 /);
         assert.equal(h.sandbox.received.length, before + 1);
         assertDelivered(h.sandbox.received[before].data, raw);
+        // MAIL FROM upstream declares the size, and 8-bit content (RFC 6152) when there is any.
+        const eightBit = raw.some((b) => b > 0x7f);
+        assert.deepEqual(
+          h.sandbox.received[before].mailParams,
+          eightBit ? { BODY: "8BITMIME", SIZE: String(raw.length) } : { SIZE: String(raw.length) },
+        );
       });
     }
     await t.step("10 MB attachment", async () => {
@@ -133,6 +139,21 @@ Deno.test("oversized message gets 552 and is not relayed", async () => {
     const ok = await send(h, rawMessage(a.email, "r@example.net", "small\r\n"));
     assert.ok(ok.ok, ok.response);
     assert.equal(h.sandbox.received.length, 1);
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("a message over the provider's SIZE is refused before it is sent: 552 5.3.4, nothing delivered", async () => {
+  const h = await startHarness({ sandbox: { smtpSize: 1024 * 1024 } });
+  try {
+    const raw = rawMessage(h.accounts[0].email, "r@example.net", "x".repeat(2 * 1024 * 1024));
+    const r = await send(h, raw);
+    assert.equal(
+      r.response,
+      "552 5.3.4 Message too big for the provider (its limit: 1048576 bytes)",
+    );
+    assert.equal(h.sandbox.received.length, 0);
   } finally {
     await h.close();
   }
