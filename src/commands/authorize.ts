@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import type { AccountConfig } from "../config/load.ts";
+import type { AccountConfig, RelayConfig } from "../config/load.ts";
 import type { ProviderEndpoints } from "../config/providers.ts";
 import {
   type AuthorizeClient,
@@ -18,8 +18,11 @@ import {
 } from "../tokens/authorize.ts";
 import { fingerprint } from "../tokens/manager.ts";
 import { FileTokenStore } from "../tokens/store.ts";
+import { upstreamTarget } from "../accounts.ts";
+import { formatReply } from "../smtp/reply.ts";
+import { UpstreamPool } from "../upstream/pool.ts";
 import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
-import { tokenHint } from "./hints.ts";
+import { smtpHint, tokenHint } from "./hints.ts";
 
 /** Usage line of this command. */
 export const AUTHORIZE_USAGE = "authorize --account EMAIL [--config PATH] [--flow device|pkce] " +
@@ -61,6 +64,23 @@ export async function authorizeCommand(args: string[]): Promise<number> {
     // Fail before the user signs in if the token could not be stored afterwards.
     await Deno.mkdir(join(config.stateDir, "tokens"), { recursive: true, mode: 0o700 });
     result = flow === "device" ? await viaDeviceCode(account) : await viaPkce(account, port);
+    // A token for another mailbox (the browser was signed in as someone else) must not
+    // replace one that works: log in to the provider's SMTP with it first.
+    const login = await checkLogin(config, account, result.accessToken);
+    if (login.refused) {
+      console.error(
+        `error: authorize ${account.email}: the provider refused the new token at SMTP login ` +
+          `(${login.reply}): was the browser signed in as ${account.email}? Nothing was stored.` +
+          (login.hint ? ` (${login.hint})` : ""),
+      );
+      return 1;
+    }
+    if (login.unchecked) {
+      console.error(
+        `warning: could not check the SMTP login for ${account.email} (${login.unchecked}); ` +
+          "storing the token anyway. Check it with: deno task start check --smtp",
+      );
+    }
     await store.save(account.email, {
       refreshToken: result.refreshToken,
       configFingerprint: fingerprint(account.refreshToken),
@@ -72,6 +92,41 @@ export async function authorizeCommand(args: string[]): Promise<number> {
   }
   report(account, flow, file, values["show-token"] ? result.refreshToken : undefined);
   return 0;
+}
+
+/**
+ * Logs in to the account's SMTP server with a fresh access token (XOAUTH2) and says
+ * whether the provider refused it (wrong mailbox, missing scope), or why it could not
+ * tell (unreachable, a limit, SMTP AUTH disabled for the tenant).
+ */
+async function checkLogin(
+  config: RelayConfig,
+  account: AccountConfig,
+  accessToken: string,
+): Promise<{ refused: boolean; reply?: string; hint?: string; unchecked?: string }> {
+  const pool = new UpstreamPool(
+    { ...upstreamTarget(config, account), maxConnections: 1 },
+    () => Promise.resolve({ token: accessToken, useUntil: Date.now() + 60_000 }),
+  );
+  try {
+    const r = await pool.verify();
+    if (r.kind === "sent") return { refused: false };
+    if (r.kind === "auth") {
+      const reply = formatReply(r.reply);
+      const hint = smtpHint(account.provider.kind, reply);
+      // SMTP AUTH switched off for the tenant says nothing about whose token this is.
+      if (/5\.7\.139/.test(reply)) return { refused: false, unchecked: `${reply}; ${hint}` };
+      return { refused: true, reply, hint };
+    }
+    const detail = r.kind === "unreachable"
+      ? r.detail
+      : r.kind === "token"
+      ? r.error.message
+      : formatReply(r.reply);
+    return { refused: false, unchecked: detail };
+  } finally {
+    pool.close();
+  }
 }
 
 /** One secret-free line: the error, and a hint when one is known (AADSTS codes, …). */

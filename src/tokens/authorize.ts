@@ -53,6 +53,8 @@ export interface AuthorizeResult {
   readonly refreshToken: string;
   /** Scope the provider granted, when it said. */
   readonly scope?: string;
+  /** The access token that came with it (secret), to check the login before storing. */
+  readonly accessToken: string;
 }
 
 /**
@@ -478,7 +480,7 @@ function result(body: oauth.TokenEndpointResponse): AuthorizeResult {
         "Google: access_type=offline and prompt=consent)",
     );
   }
-  return { refreshToken: body.refresh_token, scope: body.scope };
+  return { refreshToken: body.refresh_token, scope: body.scope, accessToken: body.access_token };
 }
 
 function text(status: number, body: string): Response {

@@ -159,6 +159,9 @@ Deno.test("authorize (device code): stores the token 0600, prints no secret; a r
     s.sandbox.approveDevice(userCode, s.account.email);
     const { code, stdout, stderr } = await run.finished;
     assert.equal(code, 0, stderr);
+    // The new token was tried at the provider's SMTP login before it was stored.
+    assert.equal(s.sandbox.stats.smtp.authSuccesses, 1);
+    assert.ok(!stderr.includes("could not check"), stderr);
 
     const token = s.sandbox.tokens.currentRefreshToken(s.account.email)!;
     const file = tokenFile(s);
@@ -275,6 +278,63 @@ Deno.test("authorize: state mismatch and denial exit 1 with one line, nothing st
 
     await assert.rejects(Deno.stat(tokenFile(s)), Deno.errors.NotFound);
     assert.equal(s.sandbox.stats.token.authorizations, 0);
+  } finally {
+    await teardown(s);
+  }
+});
+
+Deno.test("authorize: a token for another mailbox fails the SMTP login; the stored token stays", async () => {
+  const s = await setup();
+  try {
+    // The same OAuth client also knows another mailbox; the "browser" signs in as that one.
+    s.sandbox.addAccount({
+      email: "other@example.com",
+      clientId: s.account.clientId,
+      clientSecret: s.account.clientSecret,
+      refreshToken: `other-${crypto.randomUUID()}`,
+    });
+    await Deno.mkdir(join(s.dir, "state", "tokens"), { recursive: true });
+    const earlier = JSON.stringify({
+      refreshToken: "the-working-one",
+      configFingerprint: fingerprint(undefined),
+      updatedAt: "2026-11-01T00:00:00.000Z",
+    });
+    await Deno.writeTextFile(tokenFile(s), earlier, { mode: 0o600 });
+    const logins = s.sandbox.stats.smtp.authFailures;
+
+    const run = await spawn(s, ["--account", s.account.email]);
+    const [, userCode] = await run.stderr.waitFor(/enter the code ([A-Z]{4}-[A-Z]{4})/);
+    s.sandbox.approveDevice(userCode, "other@example.com");
+    const { code, stdout, stderr } = await run.finished;
+    assert.equal(code, 1, stderr);
+    assert.equal(stdout, "");
+    assert.match(
+      stderr,
+      /^error: authorize user0@example\.com: the provider refused the new token at SMTP login \(535 5\.7\.8 .*\): was the browser signed in as user0@example\.com\? Nothing was stored\./m,
+    );
+    assert.ok(s.sandbox.stats.smtp.authFailures > logins, "the login was really tried");
+    assert.equal(await Deno.readTextFile(tokenFile(s)), earlier);
+    assertNoSecret(s, stdout + stderr, s.sandbox.tokens.currentRefreshToken("other@example.com")!);
+  } finally {
+    await teardown(s);
+  }
+});
+
+Deno.test("authorize: SMTP unreachable from this host: a warning, the token is stored", async () => {
+  const s = await setup();
+  try {
+    await s.sandbox.smtp.close();
+    const run = await spawn(s, ["--account", s.account.email]);
+    const [, userCode] = await run.stderr.waitFor(/enter the code ([A-Z]{4}-[A-Z]{4})/);
+    s.sandbox.approveDevice(userCode, s.account.email);
+    const { code, stderr } = await run.finished;
+    assert.equal(code, 0, stderr);
+    assert.match(
+      stderr,
+      /^warning: could not check the SMTP login for user0@example\.com \(.*ECONNREFUSED.*\); storing the token anyway\. Check it with: deno task start check --smtp$/m,
+    );
+    const stored = JSON.parse(await Deno.readTextFile(tokenFile(s)));
+    assert.equal(stored.refreshToken, s.sandbox.tokens.currentRefreshToken(s.account.email));
   } finally {
     await teardown(s);
   }
