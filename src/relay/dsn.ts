@@ -31,7 +31,7 @@ export interface ReportInput {
   readonly arrival: Date;
 }
 
-/** The attached header section stops here (the end of a header line before it). */
+/** The attached header section is cut (at a line end) past this many bytes. */
 const MAX_HEADERS = 64 * 1024;
 /** Longest line written (RFC 5322 allows 998 characters). */
 const MAX_LINE = 900;
@@ -102,17 +102,17 @@ export function nonDeliveryReport(input: ReportInput): Uint8Array {
 
 /** The original's header section (without the blank line), cut at a line end if huge. */
 function headerSection(message: Uint8Array): Uint8Array {
-  let end = message.length;
-  for (let i = 0; i + 1 < message.length; i++) {
-    if (message[i] === 0x0a && (message[i + 1] === 0x0a || message[i + 1] === 0x0d)) {
-      end = i + 1;
-      break;
+  // The first empty line ends the header section; only the first MAX_HEADERS are looked at.
+  const scope = message.subarray(0, MAX_HEADERS + 1);
+  for (let lf = scope.indexOf(0x0a); lf >= 0; lf = scope.indexOf(0x0a, lf + 1)) {
+    const next = scope[lf + 1];
+    if (next === 0x0a || (next === 0x0d && scope[lf + 2] === 0x0a)) {
+      return scope.subarray(0, lf + 1);
     }
   }
-  if (end > MAX_HEADERS) end = message.lastIndexOf(0x0a, MAX_HEADERS) + 1;
-  // Whatever line ending the client used, the report's part ends with CRLF.
-  const section = message.subarray(0, end);
-  return section.length === 0 || section[section.length - 1] === 0x0a ? section : new Uint8Array();
+  if (message.length <= MAX_HEADERS && message[message.length - 1] === 0x0a) return message;
+  // No end found in reach: whole lines up to the limit.
+  return scope.subarray(0, scope.lastIndexOf(0x0a, MAX_HEADERS - 1) + 1);
 }
 
 /** RFC 3463 status for a refusal: the provider's enhanced code, or its class. */

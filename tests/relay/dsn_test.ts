@@ -85,6 +85,29 @@ Deno.test("report: RFC 3464 structure, the original's headers but not its body, 
   assert.ok(!text.includes("secret body text"));
 });
 
+Deno.test("report: the attached header section ends at the first empty line, LF or CRLF, at most 64 KiB", () => {
+  const attached = (original: string) => {
+    const text = decoder.decode(nonDeliveryReport({
+      reportingMta: "relay.example",
+      account: "a@example.com",
+      sender: "a@example.com",
+      recipients: [{ recipient: "b@example.net", reply: reply(550, "5.1.1", "No such user") }],
+      original: new TextEncoder().encode(original),
+      arrival: new Date(),
+    }));
+    const part =
+      text.split("Content-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")[1];
+    return part.slice(0, part.lastIndexOf("\r\n--"));
+  };
+  assert.equal(attached("A: 1\r\nB: 2\r\n\r\nbody\r\n"), "A: 1\r\nB: 2\r\n");
+  assert.equal(attached("A: 1\nB: 2\n\nbody\n"), "A: 1\nB: 2\n");
+  assert.equal(attached("A: 1\r\nB: 2\r\n"), "A: 1\r\nB: 2\r\n"); // no body at all
+  const line = `X-Long: ${"y".repeat(100)}\r\n`;
+  const huge = attached(line.repeat(2_000) + "\r\nbody\r\n");
+  assert.ok(huge.length <= 64 * 1024 && huge.length > 60 * 1024, String(huge.length));
+  assert.equal(huge, line.repeat(huge.length / line.length)); // whole lines only
+});
+
 Deno.test("refused recipients: the sender gets a report, the client its 250, once", async () => {
   const h = await startHarness();
   try {
