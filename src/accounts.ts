@@ -160,7 +160,7 @@ export class AccountRuntime {
           return r;
         } finally {
           this.#inflight--;
-          if (this.#retired && this.#inflight === 0) this.pool.close();
+          this.#closeIfDone();
         }
       },
     };
@@ -174,11 +174,22 @@ export class AccountRuntime {
     if (this.#retired) return;
     const close = () => {
       this.#retired = true;
-      if (this.#inflight === 0) this.pool.close();
+      this.#closeIfDone();
     };
     if (graceMs <= 0) return close();
     const timer = setTimeout(close, graceMs);
     Deno.unrefTimer(timer);
+  }
+
+  /**
+   * Closes a retired runtime's pool once nothing is in flight, checked a turn later: the
+   * relay may follow a message with its non-delivery report through the same account.
+   */
+  #closeIfDone(): void {
+    if (!this.#retired || this.#inflight > 0) return;
+    setTimeout(() => {
+      if (this.#inflight === 0) this.pool.close();
+    }, 0);
   }
 
   /** Shutdown: QUIT the idle upstream connections and close the pool. */

@@ -104,13 +104,22 @@ async function checkLogin(
   account: AccountConfig,
   accessToken: string,
 ): Promise<{ refused: boolean; reply?: string; hint?: string; unchecked?: string }> {
+  let used = false;
   const pool = new UpstreamPool(
     { ...upstreamTarget(config, account), maxConnections: 1 },
-    () => Promise.resolve({ token: accessToken, useUntil: Date.now() + 60_000 }),
+    () => {
+      used = true;
+      return Promise.resolve({ token: accessToken, useUntil: Date.now() + 60_000 });
+    },
   );
   try {
     const r = await pool.verify();
-    if (r.kind === "sent") return { refused: false };
+    // nodemailer's verify() succeeds without AUTH when the server offers none.
+    if (r.kind === "sent") {
+      return used
+        ? { refused: false }
+        : { refused: false, unchecked: "the server offered no AUTH" };
+    }
     if (r.kind === "auth") {
       const reply = formatReply(r.reply);
       const hint = smtpHint(account.provider.kind, reply);

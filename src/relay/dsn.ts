@@ -40,17 +40,20 @@ const MAX_LINE = 900;
 export function nonDeliveryReport(input: ReportInput): Uint8Array {
   const boundary = `=_report_${crypto.randomUUID()}`;
   const date = rfc5322Date(new Date());
-  const failed = input.recipients.map((r) =>
-    `<${clean(r.recipient)}>: ${clean(formatReply(r.reply))}`
-  );
+  const failed = input.recipients.map((r) => clean(`<${r.recipient}>: ${formatReply(r.reply)}`));
   const fields = input.recipients.map((r) =>
     [
       `Final-Recipient: rfc822; ${clean(r.recipient)}`,
       "Action: failed",
       `Status: ${status(r.reply)}`,
-      `Diagnostic-Code: smtp; ${clean(formatReply(r.reply))}`,
+      clean(`Diagnostic-Code: smtp; ${formatReply(r.reply)}`),
     ].join("\r\n")
   );
+  const headers = headerSection(input.original);
+  // Addresses (SMTPUTF8) or provider texts may carry 8-bit characters: say so where they are.
+  const status8Bit = fields.some((f) => /[\u0080-\uffff]/.test(f));
+  const eightBit = status8Bit || failed.some((f) => /[\u0080-\uffff]/.test(f)) ||
+    headers.some((b) => b > 0x7f);
   const text = [
     `From: Mail Delivery System <${clean(input.account)}>`,
     `To: <${clean(input.sender)}>`,
@@ -60,6 +63,7 @@ export function nonDeliveryReport(input: ReportInput): Uint8Array {
     "Auto-Submitted: auto-replied",
     "MIME-Version: 1.0",
     `Content-Type: multipart/report; report-type=delivery-status; boundary="${boundary}"`,
+    ...(eightBit ? ["Content-Transfer-Encoding: 8bit"] : []),
     "",
     "This is a MIME-encapsulated message.",
     "",
@@ -77,6 +81,7 @@ export function nonDeliveryReport(input: ReportInput): Uint8Array {
     "",
     `--${boundary}`,
     "Content-Type: message/delivery-status",
+    ...(status8Bit ? ["Content-Transfer-Encoding: 8bit"] : []),
     "",
     `Reporting-MTA: dns; ${clean(input.reportingMta)}`,
     `Arrival-Date: ${rfc5322Date(input.arrival)}`,
@@ -92,7 +97,6 @@ export function nonDeliveryReport(input: ReportInput): Uint8Array {
   const tail = `\r\n--${boundary}--\r\n`;
   const encoder = new TextEncoder();
   const head = encoder.encode(text);
-  const headers = headerSection(input.original);
   const out = new Uint8Array(head.length + headers.length + tail.length);
   out.set(head, 0);
   out.set(headers, head.length);
@@ -102,6 +106,10 @@ export function nonDeliveryReport(input: ReportInput): Uint8Array {
 
 /** The original's header section (without the blank line), cut at a line end if huge. */
 function headerSection(message: Uint8Array): Uint8Array {
+  // A message that starts with an empty line has no header section (all of it is body).
+  if (message[0] === 0x0a || (message[0] === 0x0d && message[1] === 0x0a)) {
+    return new Uint8Array();
+  }
   // The first empty line ends the header section; only the first MAX_HEADERS are looked at.
   const scope = message.subarray(0, MAX_HEADERS + 1);
   for (let lf = scope.indexOf(0x0a); lf >= 0; lf = scope.indexOf(0x0a, lf + 1)) {

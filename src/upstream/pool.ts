@@ -7,6 +7,7 @@
 import net from "node:net";
 import { Buffer } from "node:buffer";
 import { Readable } from "node:stream";
+import { domainToASCII } from "node:url";
 import nodemailer from "nodemailer";
 import type { NodemailerError, SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
 import { classEnhanced, parseReply, type Reply, reply } from "../smtp/reply.ts";
@@ -271,6 +272,7 @@ interface RawMail {
 function rawMail(message: OutgoingMessage): RawMail {
   const bytes = Buffer.from(message.raw.buffer, message.raw.byteOffset, message.raw.byteLength);
   const use8BitMime = has8Bit(message.raw);
+  const from = asciiDomain(message.from);
   return {
     data: {},
     message: {
@@ -278,7 +280,7 @@ function rawMail(message: OutgoingMessage): RawMail {
       // rejected) into the envelope it is given, and a message moved to a new connection
       // after the provider closed the old one would otherwise fail with the old error.
       getEnvelope: () => ({
-        from: message.from,
+        from,
         to: [...message.to],
         size: bytes.length,
         use8BitMime,
@@ -294,6 +296,18 @@ function rawMail(message: OutgoingMessage): RawMail {
         }),
     },
   };
+}
+
+/**
+ * An address with an ASCII local part and an internationalised domain, with the domain in
+ * its ASCII (punycode) form, so it needs no SMTPUTF8 upstream; other addresses unchanged.
+ */
+function asciiDomain(address: string): string {
+  const at = address.lastIndexOf("@");
+  if (at < 0 || !/[\u0080-\uffff]/.test(address.slice(at + 1))) return address;
+  if (/[\u0080-\uffff]/.test(address.slice(0, at))) return address;
+  const domain = domainToASCII(address.slice(at + 1));
+  return domain ? `${address.slice(0, at)}@${domain}` : address;
 }
 
 /** True when any byte is outside 7-bit ASCII (four bytes at a time: 25 MB in a few ms). */

@@ -121,7 +121,10 @@ Deno.test("pipelined commands: every reply arrives, in order; EHLO + STARTTLS in
     // RFC 2920: STARTTLS may end a pipelined group. Its 220 must leave in plaintext, before
     // the handshake, even when the EHLO reply is still waiting to be written with it.
     await c.write(encode("EHLO client.example\r\nSTARTTLS\r\n"));
-    assert.equal((await c.reply()).code, 250);
+    const ehlo = await c.reply();
+    assert.equal(ehlo.code, 250);
+    // No DSN extension: the relay does not honour NOTIFY/RET/ENVID, so it must not offer them.
+    assert.ok(!ehlo.lines.some((l) => /\bDSN\b/.test(l)), ehlo.lines.join("\n"));
     assert.equal((await c.reply()).last, "220 Ready to start TLS");
     await c.startTls([SANDBOX_CA_PEM]);
     assert.equal((await c.command("EHLO client.example")).code, 250);

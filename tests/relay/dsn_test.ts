@@ -9,7 +9,8 @@ import type { NodemailerError } from "nodemailer";
 import { nonDeliveryReport } from "../../src/relay/dsn.ts";
 import { reply } from "../../src/smtp/reply.ts";
 import type { ReceivedMessage } from "../../src/sandbox/mod.ts";
-import { type Harness, metricValue, rawMessage, startHarness } from "../harness.ts";
+import { parseConfig } from "../../src/config/load.ts";
+import { type Harness, metricValue, rawMessage, sandboxConfig, startHarness } from "../harness.ts";
 
 const decoder = new TextDecoder();
 
@@ -102,10 +103,34 @@ Deno.test("report: the attached header section ends at the first empty line, LF 
   assert.equal(attached("A: 1\r\nB: 2\r\n\r\nbody\r\n"), "A: 1\r\nB: 2\r\n");
   assert.equal(attached("A: 1\nB: 2\n\nbody\n"), "A: 1\nB: 2\n");
   assert.equal(attached("A: 1\r\nB: 2\r\n"), "A: 1\r\nB: 2\r\n"); // no body at all
+  assert.equal(attached("\r\nbody1\r\nbody2\r\n\r\nmore\r\n"), ""); // no header section at all
   const line = `X-Long: ${"y".repeat(100)}\r\n`;
   const huge = attached(line.repeat(2_000) + "\r\nbody\r\n");
   assert.ok(huge.length <= 64 * 1024 && huge.length > 60 * 1024, String(huge.length));
   assert.equal(huge, line.repeat(huge.length / line.length)); // whole lines only
+});
+
+Deno.test("report: 8-bit content is labelled where it is; long lines are cut below 998", () => {
+  const build = (recipient: string, text: string) =>
+    decoder.decode(nonDeliveryReport({
+      reportingMta: "relay.example",
+      account: "a@example.com",
+      sender: "a@example.com",
+      recipients: [{ recipient, reply: reply(550, "5.1.1", text) }],
+      original: new TextEncoder().encode("Subject: hi\r\n\r\nx\r\n"),
+      arrival: new Date(),
+    }));
+  const ascii = build("b@example.net", "No such user");
+  assert.ok(!ascii.includes("Content-Transfer-Encoding: 8bit\r\n\r\nThis is a MIME"));
+  assert.match(ascii, /Content-Type: message\/delivery-status\r\n\r\n/);
+  const utf8 = build("jörg@example.net", "Unbekannter Empfänger");
+  assert.match(utf8, /boundary="[^"]+"\r\nContent-Transfer-Encoding: 8bit\r\n\r\nThis is a MIME/);
+  assert.match(
+    utf8,
+    /Content-Type: message\/delivery-status\r\nContent-Transfer-Encoding: 8bit\r\n/,
+  );
+  const long = build(`${"l".repeat(950)}@example.net`, "t".repeat(950));
+  assert.ok(long.split("\r\n").every((line) => line.length <= 998));
 });
 
 Deno.test("refused recipients: the sender gets a report, the client its 250, once", async () => {
@@ -202,6 +227,32 @@ Deno.test("no report when the account's quota is spent: counted as skipped", asy
     assert.match(response, /^250 2\.0\.0 Delivered to 1 of 2 recipients/);
     assert.equal(await counted(h, 'smtp_relay_nondelivery_reports_total{result="skipped"}'), 1);
     assert.equal(h.sandbox.received.length, 1);
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("a report still goes out when a reload replaced the account during the message", async () => {
+  const h = await startHarness();
+  try {
+    const a = h.accounts[0];
+    h.sandbox.smtpFaults.rejectRecipients.set("gone@example.net", "550 5.1.1 No such user");
+    // Four slow provider replies (MAIL, 2 RCPT, end of DATA): the message outlives the old
+    // runtime's 5 s grace, so its pool is retired while the message is in flight.
+    h.sandbox.smtpFaults.replyDelayMs = 1_800;
+    const raw = rawMessage(a.email, "ok@example.net", "x\r\n");
+    const sending = send(h, a.email, ["ok@example.net", "gone@example.net"], raw);
+    await new Promise((ok) => setTimeout(ok, 300));
+    const next = await sandboxConfig(h.sandbox, h.accounts, h.stateDir);
+    (next.accounts as Record<string, unknown>[])[0].aliases = ["alias0@example.com"];
+    assert.deepEqual(await h.relay.reload(parseConfig(next)), []);
+    await new Promise((ok) => setTimeout(ok, 5_400)); // past the grace, before the last reply
+    h.sandbox.smtpFaults.replyDelayMs = 0;
+    assert.match(await sending, /^250 2\.0\.0 Delivered to 1 of 2 recipients/);
+    const [, report] = await received(h, 2);
+    assert.equal(report.from, "");
+    assert.deepEqual(report.to, [a.email]);
+    assert.equal(await counted(h, 'smtp_relay_nondelivery_reports_total{result="sent"}'), 1);
   } finally {
     await h.close();
   }
