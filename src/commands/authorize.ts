@@ -19,8 +19,7 @@ import {
 import { fingerprint } from "../tokens/manager.ts";
 import { FileTokenStore } from "../tokens/store.ts";
 import { upstreamTarget } from "../accounts.ts";
-import { formatReply } from "../smtp/reply.ts";
-import { UpstreamPool } from "../upstream/pool.ts";
+import { describeResult, UpstreamPool } from "../upstream/pool.ts";
 import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
 import { smtpHint, tokenHint } from "./hints.ts";
 
@@ -121,18 +120,13 @@ async function checkLogin(
         : { refused: false, unchecked: "the server offered no AUTH" };
     }
     if (r.kind === "auth") {
-      const reply = formatReply(r.reply);
+      const reply = describeResult(r);
       const hint = smtpHint(account.provider.kind, reply);
       // SMTP AUTH switched off for the tenant says nothing about whose token this is.
       if (/5\.7\.139/.test(reply)) return { refused: false, unchecked: `${reply}; ${hint}` };
       return { refused: true, reply, hint };
     }
-    const detail = r.kind === "unreachable"
-      ? r.detail
-      : r.kind === "token"
-      ? r.error.message
-      : formatReply(r.reply);
-    return { refused: false, unchecked: detail };
+    return { refused: false, unchecked: describeResult(r) };
   } finally {
     pool.close();
   }

@@ -7,10 +7,9 @@
 import { parseArgs } from "node:util";
 import { accountTokens, upstreamTarget } from "../accounts.ts";
 import type { AccountConfig, RelayConfig } from "../config/load.ts";
-import { formatReply } from "../smtp/reply.ts";
 import { TokenError } from "../tokens/oauth.ts";
 import { FileTokenStore } from "../tokens/store.ts";
-import { UpstreamPool } from "../upstream/pool.ts";
+import { describeResult, UpstreamPool } from "../upstream/pool.ts";
 import { EXIT_USAGE, loadConfigOrReport, UsageError } from "./common.ts";
 import { smtpHint, tokenHint } from "./hints.ts";
 
@@ -61,11 +60,7 @@ export async function checkAccount(
   try {
     const r = await pool.verify();
     if (r.kind === "sent") return { ...base, token: "ok", smtp: "ok" };
-    const error = r.kind === "unreachable"
-      ? r.detail
-      : r.kind === "token"
-      ? r.error.message
-      : formatReply(r.reply);
+    const error = describeResult(r);
     return { ...base, token: "ok", smtp: "failed", error, hint: smtpHint(a.provider.kind, error) };
   } finally {
     pool.close();

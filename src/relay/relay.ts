@@ -7,7 +7,12 @@
 import { getLogger } from "@logtape/logtape";
 import type { Backend, Peer, Principal, Transaction } from "../ingress/backend.ts";
 import { formatReply, type Reply, reply } from "../smtp/reply.ts";
-import type { OutgoingMessage, RejectedRecipient, UpstreamResult } from "../upstream/pool.ts";
+import {
+  describeResult,
+  type OutgoingMessage,
+  type RejectedRecipient,
+  type UpstreamResult,
+} from "../upstream/pool.ts";
 import { nonDeliveryReport } from "./dsn.ts";
 import { TokenError } from "../tokens/oauth.ts";
 import { PasswordVerifier, verifyNobody } from "./password.ts";
@@ -259,14 +264,7 @@ export class Relay implements Backend {
     }
     if (r.kind === "sent" && r.rejected.length === 0) return ["sent", ""];
     reserved.release();
-    const why = r.kind === "sent"
-      ? formatReply(r.rejected[0].reply)
-      : r.kind === "unreachable"
-      ? r.detail
-      : r.kind === "token"
-      ? r.error.message
-      : formatReply(r.reply);
-    return ["failed", why];
+    return ["failed", describeResult(r)];
   }
 
   async #attempt(account: RelayAccount, tx: Transaction): Promise<Outcome> {

@@ -10,7 +10,7 @@ import { Readable } from "node:stream";
 import { domainToASCII } from "node:url";
 import nodemailer from "nodemailer";
 import type { NodemailerError, SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
-import { classEnhanced, parseReply, type Reply, reply } from "../smtp/reply.ts";
+import { classEnhanced, formatReply, parseReply, type Reply, reply } from "../smtp/reply.ts";
 import type { UpstreamTls } from "../config/providers.ts";
 
 /** Where and how one account's mail goes. */
@@ -94,6 +94,20 @@ export type UpstreamResult =
     /** Secret-free description. */
     readonly detail: string;
   };
+
+/** One secret-free line for an outcome: the provider's reply, or what went wrong. */
+export function describeResult(r: UpstreamResult): string {
+  switch (r.kind) {
+    case "sent":
+      return formatReply(r.rejected.length ? r.rejected[0].reply : r.reply);
+    case "unreachable":
+      return r.detail;
+    case "token":
+      return r.error.message;
+    default:
+      return formatReply(r.reply);
+  }
+}
 
 /** One message to send. */
 export interface OutgoingMessage {
