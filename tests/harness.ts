@@ -158,3 +158,19 @@ export function rawMessage(from: string, to: string, body: string, subject = "te
     `Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n`;
   return new TextEncoder().encode(head + body);
 }
+
+/**
+ * Polls `condition` every 20 ms until it holds or `timeoutMs` passes; says which. For
+ * work the relay does after its reply (non-delivery reports), never for timing.
+ */
+export async function until(
+  condition: () => boolean | Promise<boolean>,
+  timeoutMs = 5_000,
+): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() >= deadline) return false;
+    await new Promise((ok) => setTimeout(ok, 20));
+  }
+  return true;
+}

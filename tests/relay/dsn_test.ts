@@ -10,7 +10,14 @@ import { nonDeliveryReport } from "../../src/relay/dsn.ts";
 import { reply } from "../../src/smtp/reply.ts";
 import type { ReceivedMessage } from "../../src/sandbox/mod.ts";
 import { parseConfig } from "../../src/config/load.ts";
-import { type Harness, metricValue, rawMessage, sandboxConfig, startHarness } from "../harness.ts";
+import {
+  type Harness,
+  metricValue,
+  rawMessage,
+  sandboxConfig,
+  startHarness,
+  until,
+} from "../harness.ts";
 
 const decoder = new TextDecoder();
 
@@ -25,21 +32,14 @@ async function send(h: Harness, from: string, to: string[], raw: Uint8Array) {
 
 /** Waits (bounded) until the sandbox holds `n` messages. */
 async function received(h: Harness, n: number): Promise<ReceivedMessage[]> {
-  const deadline = Date.now() + 5_000;
-  while (h.sandbox.received.length < n && Date.now() < deadline) {
-    await new Promise((ok) => setTimeout(ok, 10));
-  }
+  await until(() => h.sandbox.received.length >= n);
   return h.sandbox.received;
 }
 
 /** Polls /metrics (bounded) until `series` is non-zero; returns its value. */
 async function counted(h: Harness, series: string): Promise<number> {
-  const deadline = Date.now() + 5_000;
   let value = 0;
-  while (value === 0 && Date.now() < deadline) {
-    await new Promise((ok) => setTimeout(ok, 20));
-    value = metricValue(await h.metrics(), series);
-  }
+  await until(async () => (value = metricValue(await h.metrics(), series)) !== 0);
   return value;
 }
 

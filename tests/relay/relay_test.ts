@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import MailComposer from "nodemailer/lib/mail-composer";
 import type { NodemailerError } from "nodemailer";
-import { metricValue, rawMessage, startHarness } from "../harness.ts";
+import { metricValue, rawMessage, startHarness, until } from "../harness.ts";
 
 /** Sends raw bytes through the relay; returns the reply line or the error's reply line. */
 async function send(
@@ -286,9 +286,7 @@ Deno.test("provider replies reach the client with their codes", async (t) => {
         "250 2.0.0 Delivered to 1 of 2 recipients; refused: <gone@example.net> 550 5.1.1",
       );
       // The sender's non-delivery report (tests/relay/dsn_test.ts) follows: let it land.
-      for (let i = 0; i < 250 && !h.sandbox.received.some((m) => m.from === ""); i++) {
-        await new Promise((ok) => setTimeout(ok, 20));
-      }
+      assert.ok(await until(() => h.sandbox.received.some((m) => m.from === "")));
       const mail = h.sandbox.received.filter((m) => m.from !== "");
       assert.equal(mail.length, 1);
       assert.deepEqual(mail[0].to, ["ok@example.net"]);
