@@ -10,7 +10,7 @@ import { AccountTokens, type RefreshOutcome, type TokenState } from "./tokens/ma
 import type { TokenStore } from "./tokens/store.ts";
 import { type UpstreamObserver, UpstreamPool, type UpstreamTarget } from "./upstream/pool.ts";
 import type { RelayAccount } from "./relay/relay.ts";
-import { AccountQuota, type QuotaSnapshot } from "./quota/quota.ts";
+import type { Quotas } from "./quota/quotas.ts";
 
 /** The token source of an account, with the config's token settings. */
 export function accountTokens(
@@ -95,8 +95,9 @@ export interface AccountDeps {
 
 /**
  * One configured account at run time. A reload that leaves an account's config as it
- * was keeps its runtime (tokens, pool, quota); a changed account gets a new runtime
- * that takes over the quota counters, and the old one is retired once idle.
+ * was keeps its runtime (tokens, pool); a changed account gets a new runtime and the
+ * old one is retired once idle. Quota counters are not part of it: they belong to the
+ * address ({@link Quotas}), whatever the config generation.
  */
 export class AccountRuntime {
   /** The config it was built from. */
@@ -107,21 +108,14 @@ export class AccountRuntime {
   readonly tokens: AccountTokens;
   /** Upstream pool. */
   readonly pool: UpstreamPool;
-  /** Quota counters. */
-  readonly quota: AccountQuota;
   /** What the relay uses. */
   readonly relayAccount: RelayAccount;
   #inflight = 0;
   #retired = false;
   #lastError?: string;
 
-  /** Builds the runtime; `quota` carries counters over from a previous runtime. */
-  constructor(
-    relayConfig: RelayConfig,
-    config: AccountConfig,
-    deps: AccountDeps,
-    quota?: QuotaSnapshot,
-  ) {
+  /** Builds the runtime; nothing connects or refreshes until first use. */
+  constructor(relayConfig: RelayConfig, config: AccountConfig, deps: AccountDeps) {
     this.config = config;
     this.key = accountKey(relayConfig, config);
     this.tokens = accountTokens(
@@ -136,13 +130,12 @@ export class AccountRuntime {
       (renew) => renew ? tokens.renew() : tokens.get(),
       deps.upstream,
     );
-    this.quota = new AccountQuota(config.quota, quota);
     this.relayAccount = {
       email: config.email,
       passwordHash: config.passwordHash,
       aliases: config.aliases,
       senders: config.senders,
-      quota: this.quota,
+      quota: config.quota,
       deliver: async (m) => {
         this.#inflight++;
         try {
@@ -198,15 +191,16 @@ export class AccountRuntime {
     await this.pool.quit();
   }
 
-  /** The operator's view. */
-  status(): AccountStatus {
+  /** The operator's view, with the quota use from `quotas`. */
+  async status(quotas: Quotas): Promise<AccountStatus> {
+    const usage = await quotas.usage(this.config.email);
     return {
       account: this.config.email,
       provider: this.config.provider.kind,
       token: this.tokens.state,
       lastError: this.tokens.lastError?.message ?? this.#lastError,
       connections: { open: this.pool.openConnections, max: this.config.maxConnections },
-      quota: { ...this.quota.usage(), limits: this.config.quota },
+      quota: { ...usage, limits: this.config.quota },
     };
   }
 }

@@ -1,23 +1,26 @@
 /**
- * Start-up wiring, the one place where the layers meet:
- * config → ingress → relay → tokens → upstream, plus metrics, the HTTP listener,
- * quota persistence, reload and graceful stop.
+ * Start-up wiring, the one place where the layers meet: config → ingress → relay →
+ * accounts (tokens, upstream) and quotas, plus metrics, the HTTP listener, the state
+ * saver, reload and graceful stop. Each of those is a named unit elsewhere; this module
+ * only builds them and decides the order in which they start and stop.
  * @module
  */
 import { getLogger } from "@logtape/logtape";
 import type { RelayConfig } from "./config/load.ts";
-import { type AccountDeps, accountKey, AccountRuntime, type AccountStatus } from "./accounts.ts";
-import {
-  type IngressOptions,
-  type ListenerOptions,
-  startIngress,
-  type TlsMaterial,
-} from "./ingress/server.ts";
+import type { AccountDeps, AccountStatus } from "./accounts.ts";
+import { type IngressOptions, type ListenerOptions, startIngress } from "./ingress/server.ts";
 import { Relay } from "./relay/relay.ts";
 import type { RefreshOutcome } from "./tokens/manager.ts";
 import { FileTokenStore } from "./tokens/store.ts";
 import { FileStateStore } from "./state/store.ts";
+import { StateSaver } from "./state/saver.ts";
 import { isQuotaSnapshot, type QuotaSnapshot } from "./quota/quota.ts";
+import { LocalQuotas } from "./quota/quotas.ts";
+import { AccountRegistry } from "./registry.ts";
+import { planReload } from "./reload.ts";
+import { readiness } from "./readiness.ts";
+import { readTls } from "./tls.ts";
+import { checkSmtpServer } from "./compat/smtp_server.ts";
 import { Metrics } from "./metrics.ts";
 import { startHttp } from "./http.ts";
 
@@ -34,13 +37,14 @@ export interface RunningRelay {
   /** Re-reads the certificate files for new sessions; false when no TLS is configured. */
   reloadTls(): Promise<boolean>;
   /**
-   * Applies a new config: accounts added, removed or changed without dropping sessions
-   * (in-flight messages finish on the settings they started with). Listener settings
-   * need a restart; the returned notes say which changes were not applied.
+   * Applies a new config: accounts, sender domains and token settings, without dropping
+   * sessions (in-flight messages finish on the settings they started with). Every other
+   * setting needs a restart and keeps its running value; the returned notes name each
+   * such change, at this and every later reload until the process restarts.
    */
   reload(config: RelayConfig): Promise<string[]>;
   /** The operator's view of every account. */
-  accounts(): AccountStatus[];
+  accounts(): Promise<AccountStatus[]>;
   /**
    * Graceful stop: no new sessions; idle sessions and new commands get 421 4.3.2; messages
    * already in DATA finish until `deadlineMs`; then pools QUIT and state is flushed.
@@ -59,12 +63,17 @@ const REPORTS_GRACE_MS = 5_000;
 
 /** Starts everything the config describes. */
 export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
+  // Library internals the ingress relies on: a version that lacks one fails here.
+  checkSmtpServer();
+  /** The config in force (restart-only settings as started). */
   let config = initial;
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   checkSourceAddresses(config);
-  const quotaStore = new FileStateStore<QuotaSnapshot>(config.stateDir, "quota", isQuotaSnapshot);
-  let runtimes = new Map<string, AccountRuntime>();
-  const metrics = new Metrics(() => [...runtimes.values()].map((r) => r.tokens.state), {
+  const quotas = new LocalQuotas(
+    new FileStateStore<QuotaSnapshot>(config.stateDir, "quota", isQuotaSnapshot),
+  );
+  let registry: AccountRegistry | undefined;
+  const metrics = new Metrics(() => registry?.tokenStates() ?? [], {
     perAccount: config.metrics.perAccount,
   });
   const deps: AccountDeps = {
@@ -75,87 +84,28 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     },
     upstream: metrics,
   };
-
-  /** Builds runtimes for `next`, reusing unchanged ones and carrying quota counters over. */
-  const build = async (next: RelayConfig) => {
-    const built = new Map<string, AccountRuntime>();
-    for (const a of next.accounts) {
-      const id = a.email.toLowerCase();
-      const old = runtimes.get(id);
-      if (old && old.key === accountKey(next, a)) {
-        built.set(id, old);
-        continue;
-      }
-      // A changed account takes its counters along; a new one finds them on disk.
-      const counters = old ? old.quota.snapshot() : await quotaStore.load(a.email).catch((err) => {
-        log.warn("ignoring unreadable quota counters of {account}: {error}", {
-          account: a.email,
-          error: err instanceof Error ? err.message : String(err),
-        });
-        return undefined;
-      });
-      built.set(id, new AccountRuntime(next, a, deps, counters));
-    }
-    return built;
-  };
-
-  runtimes = await build(config);
-  const accountStatus = () => [...runtimes.values()].map((r) => r.status());
-  const relay = new Relay(
-    [...runtimes.values()].map((r) => r.relayAccount),
-    config.senderDomains,
-    metrics,
-    { name: config.smtp.name },
-  );
+  const accounts = registry = new AccountRegistry(deps, quotas);
+  accounts.apply(config);
+  const relay = new Relay(accounts.relayAccounts(), config.senderDomains, metrics, {
+    name: config.smtp.name,
+    quotas,
+  });
   const ingress = await startIngress(await ingressOptions(config, relay, metrics));
-
-  // One account after the other: written all at once, 100 accounts' files cost the event
-  // loop a ~30 ms stretch every flush, which every message in flight then waits out.
-  let flushing: Promise<void> | undefined;
-  const flushQuotas = async (all = false): Promise<void> => {
-    while (flushing) await flushing;
-    flushing = (async () => {
-      for (const r of [...runtimes.values()]) {
-        if (!all && !r.quota.dirty) continue;
-        await quotaStore.save(r.config.email, r.quota.snapshot()).catch((err) =>
-          log.error("cannot save quota counters of {account}: {error}", {
-            account: r.config.email,
-            error: err instanceof Error ? err.message : String(err),
-          })
-        );
-      }
-    })().finally(() => flushing = undefined);
-    await flushing;
-  };
-  // A flush still writing when the next is due: skipped, the counters stay dirty.
-  const flushTimer = setInterval(() => {
-    if (!flushing) void flushQuotas();
-  }, QUOTA_FLUSH_MS);
+  const saver = new StateSaver(quotas, QUOTA_FLUSH_MS);
 
   let listening = true;
   const http = await startHttp({
     host: config.http.host,
     port: config.http.port,
     registry: metrics.registry,
-    accounts: accountStatus,
+    accounts: () => accounts.status(),
     adminToken: adminToken(),
-    readiness: () => {
-      const states = [...runtimes.values()].map((r) => r.tokens.state);
-      return {
-        listening,
-        accounts: {
-          total: states.length,
-          ok: states.filter((s) => s === "ok").length,
-          failing: states.filter((s) => s === "failing").length,
-          needsReauth: states.filter((s) => s === "needs_reauth").length,
-        },
-      };
-    },
+    readiness: () => Promise.resolve(readiness(listening, accounts.tokenStates())),
   });
   log.info("SMTP on {smtp}, metrics on {http}, {accounts} accounts", {
     smtp: ingress.addresses.map((a) => `${a.host}:${a.port}`).join(", "),
     http: `${http.address.host}:${http.address.port}`,
-    accounts: runtimes.size,
+    accounts: accounts.size,
   });
 
   const reloadTls = async () => {
@@ -169,7 +119,6 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     if (stopped) return;
     stopped = true;
     listening = false;
-    clearInterval(flushTimer);
     if (deadlineMs > 0) await ingress.drain(deadlineMs);
     else await ingress.close();
     // Reports about messages that finished during the drain go out before the pools QUIT
@@ -181,10 +130,11 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
         new Promise((ok) => timer = setTimeout(ok, REPORTS_GRACE_MS)),
       ]);
       clearTimeout(timer);
+      await accounts.stop();
+    } else {
+      accounts.close();
     }
-    if (deadlineMs > 0) await Promise.all([...runtimes.values()].map((r) => r.stop()));
-    else for (const r of runtimes.values()) r.retire(0);
-    await flushQuotas(true);
+    await saver.stop();
     await http.close();
     metrics.stop();
   };
@@ -196,29 +146,20 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     metrics,
     reloadTls,
     async reload(next) {
-      checkSourceAddresses(next);
-      const notes = listenerChanges(config, next);
-      const previous = runtimes;
-      const built = await build(next);
-      runtimes = built;
-      relay.update([...built.values()].map((r) => r.relayAccount), next.senderDomains);
-      for (const [id, r] of previous) if (built.get(id) !== r) r.retire();
-      const added = [...built.keys()].filter((k) => !previous.has(k)).length;
-      const removed = [...previous.keys()].filter((k) => !built.has(k)).length;
-      const changed = [...built].filter(([k, r]) => previous.has(k) && previous.get(k) !== r)
-        .length;
-      const tlsChanged = JSON.stringify(config.tls) !== JSON.stringify(next.tls);
-      config = { ...next, smtp: config.smtp, smtps: config.smtps, http: config.http };
-      if (next.tls && !tlsChanged) await reloadTls();
+      const plan = planReload(config, next);
+      checkSourceAddresses(plan.config);
+      const changes = accounts.apply(plan.config);
+      relay.update(accounts.relayAccounts(), plan.config.senderDomains);
+      config = plan.config;
+      // The certificate files (same names) are re-read; new names need a restart.
+      if (config.tls) await reloadTls();
       log.info("configuration reloaded: {added} added, {removed} removed, {changed} changed", {
-        added,
-        removed,
-        changed,
+        ...changes,
       });
-      for (const note of notes) log.warn("not applied until restart: {note}", { note });
-      return notes;
+      for (const note of plan.notApplied) log.warn("not applied until restart: {note}", { note });
+      return [...plan.notApplied];
     },
-    accounts: accountStatus,
+    accounts: () => accounts.status(),
     stop: (deadlineMs) => shutdown(deadlineMs),
     close: () => shutdown(0),
   };
@@ -266,23 +207,6 @@ async function ingressOptions(
   };
 }
 
-/** Settings a reload cannot change in place (listeners, ports, limits, state directory). */
-function listenerChanges(old: RelayConfig, next: RelayConfig): string[] {
-  const notes: string[] = [];
-  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-  if (!same(old.smtp, next.smtp)) notes.push("smtp listener settings");
-  if (!same(old.smtps, next.smtps)) notes.push("smtps listener settings");
-  if (!same(old.http, next.http)) notes.push("http listener settings");
-  if (!same(old.limits, next.limits)) notes.push("limits");
-  if (old.stateDir !== next.stateDir) notes.push("stateDir");
-  if (old.shutdownTimeoutSeconds !== next.shutdownTimeoutSeconds) {
-    notes.push("shutdownTimeoutSeconds");
-  }
-  if (!same(old.metrics, next.metrics)) notes.push("metrics options");
-  if (!same(old.tls, next.tls)) notes.push("tls file names (the files themselves are re-read)");
-  return notes;
-}
-
 /**
  * A source address must be usable before any message depends on it: Deno needs
  * `--allow-net=<address>:0` to bind it, and without it would fail on the first connection.
@@ -310,14 +234,6 @@ export function adminToken(): string | undefined {
   } catch {
     return undefined; // no env permission (demo): /accounts stays loopback-only
   }
-}
-
-async function readTls(tls: { certFile: string; keyFile: string }): Promise<TlsMaterial> {
-  const [cert, key] = await Promise.all([
-    Deno.readTextFile(tls.certFile),
-    Deno.readTextFile(tls.keyFile),
-  ]);
-  return { cert, key };
 }
 
 function logRefresh(account: string, o: RefreshOutcome): void {

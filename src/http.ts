@@ -28,9 +28,9 @@ export interface HttpOptions {
   /** Registry served at `/metrics`. */
   readonly registry: Registry;
   /** Current readiness, computed per request. */
-  readonly readiness: () => Readiness;
+  readonly readiness: () => Promise<Readiness>;
   /** Per-account status for `/accounts`. */
-  readonly accounts: () => unknown[];
+  readonly accounts: () => Promise<unknown[]>;
   /**
    * Bearer token for `/accounts` (from the environment). Without one, `/accounts`
    * answers loopback clients only.
@@ -95,10 +95,10 @@ export function startHttp(o: HttpOptions): Promise<HttpServer> {
       case "/accounts": {
         const denied = checkAdmin(request, info.remoteAddr.hostname, o.adminToken);
         if (denied) return denied;
-        return Response.json(o.accounts());
+        return Response.json(await o.accounts());
       }
       case "/readyz": {
-        const r = o.readiness();
+        const r = await o.readiness();
         return Response.json({ ready: isReady(r), ...r }, {
           status: isReady(r) ? 200 : 503,
         });

@@ -1,45 +1,56 @@
 /**
- * The whole contract between the SMTP ingress and whatever delivers mail. The ingress
- * speaks SMTP and enforces protocol limits; it knows nothing of accounts, OAuth or
- * providers. The relay implements {@link Backend}; `src/app.ts` wires the two.
+ * The whole contract between the SMTP ingress and whatever delivers mail, in the manner
+ * of go-smtp: a {@link Backend} opens one {@link Session} per client; the session holds
+ * the state of the client's login and of its current transaction, and
+ * {@link Session.reset} / {@link Session.logout} are where whatever a transaction holds
+ * is given back. The ingress speaks SMTP and enforces protocol limits; it knows nothing
+ * of accounts, OAuth or providers. The relay implements {@link Backend}; `src/app.ts`
+ * wires the two.
  * @module
  */
 import type { Reply } from "../smtp/reply.ts";
 
-/** Who logged in, as the backend sees it. Opaque to the ingress. */
-export interface Principal {
-  /** A name for logs (the account address). */
-  readonly name: string;
-}
-
 /** Where a session comes from. */
 export interface Peer {
-  /** Client IP address. */
+  /** Client IP address (the PROXY protocol's source address where that is in use). */
   readonly address: string;
-}
-
-/** One mail transaction, as the client gave it. */
-export interface Transaction {
-  /** MAIL FROM address; "" for the null sender. */
-  readonly from: string;
-  /** RCPT TO addresses, in order. */
-  readonly to: readonly string[];
-  /** The message bytes after dot-unstuffing, exactly as sent. */
-  readonly message: Uint8Array;
+  /** On a trusted network: may send without AUTH, the account chosen by MAIL FROM. */
+  readonly trusted: boolean;
 }
 
 /** What the ingress needs from the rest of the relay. */
 export interface Backend {
-  /** Checks SMTP AUTH credentials; `undefined` means "535 5.7.8", whatever the reason. */
-  authenticate(username: string, password: string, peer: Peer): Promise<Principal | undefined>;
+  /** Opens the session of one admitted client. Its {@link Session.logout} follows, once. */
+  newSession(peer: Peer): Session;
+}
+
+/**
+ * One client's session. Calls come in protocol order and never overlap: the ingress
+ * waits for each promise before it reads the client's next command.
+ */
+export interface Session {
   /**
-   * Decides who sends mail from `from` ("" is the null sender): for a logged-in client
-   * whether its account may use that sender, for a trusted-network client (`principal`
-   * undefined) which account sends it. Returns the principal to deliver as, or a refusal.
+   * Checks AUTH PLAIN/LOGIN credentials. `false` means `535 5.7.8`, whatever the reason
+   * (unknown user or wrong password: the client is not told which).
    */
-  sender(principal: Principal | undefined, from: string): Principal | Reply;
-  /** Delivers a message and says what to answer; 2xx only once delivery succeeded. */
-  deliver(principal: Principal, transaction: Transaction): Promise<Reply>;
+  auth(username: string, password: string): Promise<boolean>;
+  /**
+   * MAIL FROM ("" is the null sender). `authenticated` is false when the client has not
+   * logged in since the session (re)started, e.g. after STARTTLS, which forgets a login
+   * (RFC 3207). Resolves to a refusal, or `undefined` when the sender is accepted.
+   */
+  mail(from: string, authenticated: boolean): Promise<Reply | undefined>;
+  /** RCPT TO, after the ingress checked syntax and count. `undefined`: accepted. */
+  rcpt(to: string): Promise<Reply | undefined>;
+  /**
+   * The message (after dot-unstuffing, exactly as sent) for the transaction's sender and
+   * recipients. A 2xx only once it is delivered.
+   */
+  data(message: Uint8Array): Promise<Reply>;
+  /** The transaction ended (RSET, EHLO, STARTTLS, after DATA): release what it holds. */
+  reset(): void;
+  /** The client is gone. Called exactly once; releases everything the session holds. */
+  logout(): void;
 }
 
 /** Optional hooks for metrics; the ingress calls them and nothing else. */

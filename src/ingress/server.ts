@@ -12,11 +12,21 @@ import {
 } from "smtp-server";
 import type { AddressInfo, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
-import type { Backend, IngressObserver, Principal } from "./backend.ts";
+import type { Backend, IngressObserver, Session } from "./backend.ts";
 import { isLoopback, NetworkList, unmapped } from "./network.ts";
 import { AuthThrottle, ConnectionLimiter, type LimitOptions } from "./limits.ts";
 import { recipientProblem } from "./address.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
+import {
+  attach,
+  attached,
+  captureNew,
+  coalesceWrites,
+  type Connection,
+  onTransactionReset,
+  sendReply,
+  skipGreetingPause,
+} from "../compat/smtp_server.ts";
 
 /** One listening socket. */
 export interface ListenerOptions {
@@ -87,19 +97,28 @@ export interface Ingress {
   close(): Promise<void>;
 }
 
-type Connection = SMTPServer["connections"] extends Set<infer C> ? C : never;
-
-/** Per-session state the ingress keeps beside smtp-server's session. */
-interface SessionState {
-  readonly ip: string;
-  readonly trusted: boolean;
-  /** The principal of the current transaction (logged in, or chosen by MAIL FROM). */
-  principal?: Principal;
-  unauthenticatedRefusals: number;
+/** The ingress's state of one client, attached to smtp-server's session object. */
+class Client {
+  readonly connection: Connection;
+  ip = "";
+  trusted = false;
+  /** The backend's session; opened once the client is admitted. */
+  session?: Session;
+  /** Logged in since the session (re)started. */
+  authenticated = false;
+  unauthenticatedRefusals = 0;
   timer?: ReturnType<typeof setTimeout>;
-  admitted: boolean;
   /** Between DATA and the reply to it: the transaction the drain lets finish. */
-  busy: boolean;
+  busy = false;
+
+  constructor(connection: Connection) {
+    this.connection = connection;
+  }
+
+  /** Sends a reply (a 421 also closes the connection). */
+  send(code: number, text: string): void {
+    sendReply(this.connection, code, text);
+  }
 }
 
 const log = getLogger(["relay", "ingress"]);
@@ -112,35 +131,32 @@ const NEEDS_TLS = reply(
 );
 const THROTTLED = reply(421, "4.7.0", "Too many failed authentications, try again later");
 const SESSION_LIMIT = "4.4.2 Session time limit exceeded, closing";
-const SHUTTING_DOWN = "4.3.2 Service shutting down, try again later";
+const SHUTTING_DOWN = reply(421, "4.3.2", "Service shutting down, try again later");
+const LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later");
 
 /** An error smtp-server turns into a reply line. */
 function smtpError(r: Reply): Error & { responseCode: number } {
   return Object.assign(new Error(`${r.enhanced} ${r.text}`), { responseCode: r.code });
 }
 
-function isReply(x: Principal | Reply): x is Reply {
-  return typeof (x as Reply).code === "number";
+/** The client of a session; every callback after onConnect has one. */
+function clientOf(session: SMTPServerSession): Client {
+  return attached<Client>(session)!;
 }
 
 /**
- * smtp-server with the 100 ms early-talker pause skipped for clients that need no such
- * protection (loopback and trusted networks). `init()` arms a timer that calls
- * `connectionReady()`; for those clients it is called at once and the timer's call
- * becomes a no-op. Nothing in the library's files is changed.
+ * smtp-server with each new connection prepared before smtp-server greets it: writes
+ * coalesced, the relay's per-client state attached, transaction resets passed to the
+ * backend's session, and the 100 ms early-talker pause skipped for clients that need no
+ * such protection (loopback and trusted networks). Nothing in the library's files is
+ * changed; the hooks live in `src/compat/smtp_server.ts`.
  */
 class Listener extends SMTPServer {
   readonly #fast: (address: string) => boolean;
-  readonly #opened: (connection: Connection) => void;
 
-  constructor(
-    options: SMTPServerOptions,
-    fast: (address: string) => boolean,
-    opened: (connection: Connection) => void,
-  ) {
+  constructor(options: SMTPServerOptions, fast: (address: string) => boolean) {
     super(options);
     this.#fast = fast;
-    this.#opened = opened;
   }
 
   override connect(socket: Socket, socketOptions?: Parameters<SMTPServer["connect"]>[1]): void {
@@ -148,52 +164,16 @@ class Listener extends SMTPServer {
     // (delayed) ACK of the previous one arrives.
     socket.setNoDelay?.(true);
     coalesceWrites(socket);
-    // Catch the connection super.connect() creates as it is added (O(1), not a scan).
-    let connection: Connection | undefined;
-    const set = this.connections;
-    set.add = (c: Connection) => {
-      connection = c;
-      return Set.prototype.add.call(set, c) as typeof set;
-    };
-    try {
-      super.connect(socket, socketOptions);
-    } finally {
-      delete (set as { add?: unknown }).add;
-    }
+    const connection = captureNew(this, () => super.connect(socket, socketOptions));
     if (!connection) return;
-    this.#opened(connection);
-    if (!this.#fast(connection.remoteAddress)) return;
-    const ready = connection.connectionReady.bind(connection);
-    connection.connectionReady = () => {};
-    if (!connection._closing) ready();
+    const client = new Client(connection);
+    attach(connection.session, client);
+    onTransactionReset(connection, () => {
+      if (client.authenticated && !connection.session.user) client.authenticated = false;
+      client.session?.reset();
+    });
+    if (this.#fast(connection.remoteAddress)) skipGreetingPause(connection);
   }
-}
-
-/**
- * smtp-server writes every reply line on its own; a pipelining client's MAIL, RCPT and
- * DATA get three replies in the same turn of the event loop. Holding writes until the
- * turn's microtasks have run sends them in one system call (writev). `end()` flushes.
- * A 220 (the greeting, and the go-ahead for STARTTLS, after which smtp-server hands the
- * socket to TLS in the same turn) is never held: it leaves at once, after anything held.
- */
-function coalesceWrites(socket: Socket): void {
-  const write = socket.write;
-  let held = false;
-  const release = () => {
-    if (!held) return;
-    held = false;
-    socket.uncork();
-  };
-  socket.write = function (this: Socket, ...args: Parameters<Socket["write"]>) {
-    if (typeof args[0] === "string" && args[0].startsWith("220")) {
-      release();
-    } else if (!held && !socket.destroyed) {
-      held = true;
-      socket.cork();
-      queueMicrotask(release);
-    }
-    return write.apply(this, args);
-  } as Socket["write"];
 }
 
 /** Starts the listeners. */
@@ -201,18 +181,14 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
   const observer = o.observer;
   const limiter = new ConnectionLimiter(o.limits);
   const throttle = new AuthThrottle(o.limits);
-  const sessions = new Map<string, SessionState>();
-  const connections = new Map<string, Connection>();
+  /** Admitted clients. */
+  const clients = new Set<Client>();
   const servers: Listener[] = [];
 
-  const state = (session: SMTPServerSession) => sessions.get(session.id)!;
   let draining = false;
   let drained: (() => void) | undefined;
   const checkDrained = () => {
-    if (draining && sessions.size === 0) drained?.();
-  };
-  const closeWith = (sessionId: string, code: number, text: string) => {
-    connections.get(sessionId)?.send(code, text);
+    if (draining && clients.size === 0) drained?.();
   };
 
   for (const l of o.listeners) {
@@ -239,93 +215,98 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       logger: false,
 
       onConnect(session, callback) {
-        const ip = unmapped(session.remoteAddress);
-        const s: SessionState = {
-          ip,
-          trusted: trusted.has(ip),
-          unauthenticatedRefusals: 0,
-          admitted: false,
-          busy: false,
-        };
-        sessions.set(session.id, s);
-        if (draining) return callback(smtpError(reply(421, "4.3.2", SHUTTING_DOWN.slice(6))));
-        const admitted = limiter.admit(ip);
+        const c = clientOf(session);
+        c.ip = unmapped(session.remoteAddress);
+        c.trusted = trusted.has(c.ip);
+        if (draining) return callback(smtpError(SHUTTING_DOWN));
+        const admitted = limiter.admit(c.ip);
         if (admitted !== "ok") {
           observer?.refused(admitted === "ip" ? "per_ip" : "clients");
           const why = admitted === "ip" ? "from your address" : "";
           return callback(smtpError(reply(421, "4.7.0", `Too many connections ${why}`.trim())));
         }
-        s.admitted = true;
+        try {
+          c.session = o.backend.newSession({ address: c.ip, trusted: c.trusted });
+        } catch (err) {
+          limiter.release(c.ip);
+          o.onError?.(err);
+          return callback(smtpError(reply(421, "4.3.0", "Local error in processing, try later")));
+        }
+        clients.add(c);
         observer?.sessionOpened();
-        s.timer = setTimeout(() => {
+        c.timer = setTimeout(() => {
           observer?.refused("session_timeout");
-          closeWith(session.id, 421, SESSION_LIMIT);
+          c.send(421, SESSION_LIMIT);
         }, o.limits.sessionTimeoutMs);
         callback();
       },
 
       onClose(session) {
-        const s = sessions.get(session.id);
-        sessions.delete(session.id);
-        connections.delete(session.id);
-        if (!s) return;
-        clearTimeout(s.timer);
-        if (s.admitted) {
-          limiter.release(s.ip);
-          observer?.sessionClosed();
+        const c = attached<Client>(session);
+        if (!c || !clients.delete(c)) return;
+        clearTimeout(c.timer);
+        limiter.release(c.ip);
+        observer?.sessionClosed();
+        try {
+          c.session?.logout();
+        } catch (err) {
+          o.onError?.(err);
         }
         checkDrained();
       },
 
       onAuth(auth, session, callback) {
-        const s = state(session);
-        if (!session.secure && !o.allowPlaintextAuth && !isLoopback(s.ip)) {
+        const c = clientOf(session);
+        if (!session.secure && !o.allowPlaintextAuth && !isLoopback(c.ip)) {
           observer?.refused("auth_plaintext");
           return callback(smtpError(NEEDS_TLS));
         }
         const username = (auth.username ?? "").trim().toLowerCase();
         // Loopback and trusted networks are not cut off (one broken local app must not lock
         // out the others); their failures are still tarpitted per account.
-        if (!trusted.has(s.ip) && !isLoopback(s.ip) && throttle.blocked(s.ip)) {
+        if (!c.trusted && !isLoopback(c.ip) && throttle.blocked(c.ip)) {
           observer?.refused("auth_throttled");
-          log.warn("too many failed authentications from {ip}: disconnected", { ip: s.ip });
+          log.warn("too many failed authentications from {ip}: disconnected", { ip: c.ip });
           callback(smtpError(THROTTLED)); // 421: smtp-server closes the session
           return;
         }
-        o.backend.authenticate(auth.username ?? "", auth.password ?? "", { address: s.ip })
-          .then((principal) => {
-            if (principal) return callback(null, { user: principal });
-            observer?.refused("auth");
-            // Tarpit: the failure reply waits, a correct login never does.
-            const delayMs = throttle.failed(s.ip, username, trusted.has(s.ip) || isLoopback(s.ip));
-            if (delayMs > 0) setTimeout(() => callback(smtpError(AUTH_FAILED)), delayMs);
-            else callback(smtpError(AUTH_FAILED));
-          }, (err) => {
-            o.onError?.(err);
-            callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
-          });
+        c.session!.auth(auth.username ?? "", auth.password ?? "").then((ok) => {
+          if (ok) {
+            c.authenticated = true;
+            return callback(null, { user: username });
+          }
+          observer?.refused("auth");
+          // Tarpit: the failure reply waits, a correct login never does.
+          const delayMs = throttle.failed(c.ip, username, c.trusted || isLoopback(c.ip));
+          if (delayMs > 0) setTimeout(() => callback(smtpError(AUTH_FAILED)), delayMs);
+          else callback(smtpError(AUTH_FAILED));
+        }, (err) => {
+          o.onError?.(err);
+          callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
+        });
       },
 
       onMailFrom(address, session, callback) {
-        const s = state(session);
-        const principal = session.user as unknown as Principal | undefined;
-        if (!principal && !s.trusted) {
+        const c = clientOf(session);
+        if (!c.authenticated && !c.trusted) {
           observer?.refused("unauthenticated");
-          if (++s.unauthenticatedRefusals >= o.limits.maxUnauthenticatedCommands) {
+          if (++c.unauthenticatedRefusals >= o.limits.maxUnauthenticatedCommands) {
             return callback(smtpError(reply(421, "4.7.0", "Too many unauthenticated commands")));
           }
           return callback(smtpError(AUTH_REQUIRED));
         }
-        const decided = o.backend.sender(principal, address.address ?? "");
-        if (isReply(decided)) {
+        c.session!.mail(address.address ?? "", c.authenticated).then((refused) => {
+          if (!refused) return callback();
           observer?.refused("sender");
-          return callback(smtpError(decided));
-        }
-        s.principal = decided;
-        callback();
+          callback(smtpError(refused));
+        }, (err) => {
+          o.onError?.(err);
+          callback(smtpError(LOCAL_ERROR));
+        });
       },
 
       onRcptTo(address, session, callback) {
+        const c = clientOf(session);
         const lower = address.address.toLowerCase();
         // A repeated recipient is not a new one (smtp-server drops the duplicate).
         if (session.envelope.rcptTo.some((r) => r.address.toLowerCase() === lower)) {
@@ -342,17 +323,25 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
             smtpError(reply(452, "4.5.3", `Too many recipients (at most ${o.maxRecipients})`)),
           );
         }
-        callback();
+        c.session!.rcpt(address.address).then((refused) => {
+          if (!refused) return callback();
+          callback(smtpError(refused));
+        }, (err) => {
+          o.onError?.(err);
+          callback(smtpError(LOCAL_ERROR));
+        });
       },
 
       onData(stream, session, reply_) {
-        const s = state(session);
-        s.busy = true;
+        const c = clientOf(session);
+        c.busy = true;
         // After the reply, a draining relay ends the session (the reply goes out first).
         const callback: typeof reply_ = (err, message) => {
-          s.busy = false;
+          c.busy = false;
           reply_(err, message);
-          if (draining) setTimeout(() => closeWith(session.id, 421, SHUTTING_DOWN), 0);
+          if (draining) {
+            setTimeout(() => c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN)), 0);
+          }
         };
         collect(stream).then((message) => {
           if ((stream as SMTPServerDataStream).sizeExceeded) {
@@ -363,23 +352,18 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
               `Message exceeds fixed maximum message size of ${o.maxMessageSize} bytes`,
             )));
           }
-          const envelope = session.envelope;
-          return o.backend.deliver(s.principal!, {
-            from: envelope.mailFrom ? envelope.mailFrom.address : "",
-            to: envelope.rcptTo.map((r) => r.address),
-            message,
-          }).then((r) => {
-            if (isPositive(r)) callback(null, `${r.enhanced} ${r.text}`);
+          return c.session!.data(message).then((r) => {
+            if (isPositive(r)) callback(null, formatText(r));
             else callback(smtpError(r));
           });
         }).catch((err) => {
           o.onError?.(err);
-          callback(smtpError(reply(451, "4.3.0", "Local error in processing, try again later")));
+          callback(smtpError(LOCAL_ERROR));
         });
       },
     };
     const fast = (address: string) => isLoopback(address) || trusted.has(address);
-    const server = new Listener(options, fast, (c) => connections.set(c.id, c));
+    const server = new Listener(options, fast);
     // A failed TLS handshake or a reset socket must not take the process down.
     server.on("error", (err) => o.onError?.(err));
     servers.push(server);
@@ -411,13 +395,13 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       }
     },
     get sessions() {
-      return sessions.size;
+      return clients.size;
     },
     async drain(deadlineMs) {
       draining = true;
       const done = new Promise<void>((ok) => drained = ok);
       for (const server of servers) server.server.close();
-      for (const [id, s] of sessions) if (!s.busy) closeWith(id, 421, SHUTTING_DOWN);
+      for (const c of clients) if (!c.busy) c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN));
       checkDrained();
       let timer: ReturnType<typeof setTimeout> | undefined;
       const deadline = new Promise<void>((ok) => timer = setTimeout(ok, deadlineMs));
@@ -427,6 +411,11 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
     },
     close: () => Promise.all(servers.map((s) => closeServer(s))).then(() => {}),
   };
+}
+
+/** A reply's text as smtp-server sends it after the code: `enhanced text`. */
+function formatText(r: Reply): string {
+  return `${r.enhanced} ${r.text}`;
 }
 
 /** smtp-server's close: stop listening, then end every remaining session. */

@@ -27,10 +27,26 @@ export interface QuotaSnapshot {
   readonly recent: number[];
 }
 
-/** A reservation: kept if the message was sent, released if it was not. */
+/**
+ * Quota held for one message: {@link commit}ted once the provider took the message,
+ * {@link release}d if it did not. The first of the two calls decides; later calls of
+ * either do nothing, so a `release()` in a cleanup path after a `commit()` is harmless.
+ */
 export interface Reservation {
+  /** Keeps the use (the provider took the message). */
+  commit(): void;
   /** Gives the quota back (the provider did not take the message). */
   release(): void;
+}
+
+/** Use of an account's quotas in the current windows. */
+export interface QuotaUsage {
+  /** Messages in the last 24 hours. */
+  readonly messagesToday: number;
+  /** Recipients in the last 24 hours. */
+  readonly recipientsToday: number;
+  /** Messages in the last minute. */
+  readonly lastMinute: number;
 }
 
 /** A refusal with the time from which the message would fit. */
@@ -126,11 +142,14 @@ export class AccountQuota {
     this.#recent.push(now);
     this.#dirty = true;
     const b = bucket;
-    let released = false;
+    let settled = false;
     return {
+      commit: () => {
+        settled = true;
+      },
       release: () => {
-        if (released) return;
-        released = true;
+        if (settled) return;
+        settled = true;
         // The bucket may have left the window meanwhile: then there is nothing to give back.
         if (this.#minutes.includes(b)) {
           b[1] -= 1;
@@ -146,7 +165,7 @@ export class AccountQuota {
   }
 
   /** Usage in the current windows. */
-  usage(now = Date.now()): { messagesToday: number; recipientsToday: number; lastMinute: number } {
+  usage(now = Date.now()): QuotaUsage {
     this.#prune(now);
     return {
       messagesToday: this.#dayMessages,

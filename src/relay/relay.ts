@@ -5,7 +5,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import type { Backend, Peer, Principal, Transaction } from "../ingress/backend.ts";
+import type { Backend, Peer, Session } from "../ingress/backend.ts";
 import { formatReply, type Reply, reply } from "../smtp/reply.ts";
 import {
   describeResult,
@@ -16,7 +16,8 @@ import {
 import { nonDeliveryReport } from "./dsn.ts";
 import { TokenError } from "../tokens/oauth.ts";
 import { PasswordVerifier, verifyNobody } from "./password.ts";
-import type { AccountQuota, QuotaKind } from "../quota/quota.ts";
+import type { QuotaKind, QuotaLimits } from "../quota/quota.ts";
+import { isReservation, type Quotas } from "../quota/quotas.ts";
 
 /** How one message ended, as counted in metrics. */
 export type MessageResult =
@@ -40,7 +41,7 @@ export interface RelayAccount {
   /** `own`: MAIL FROM must be the account or an alias; `any`: no check. */
   readonly senders: "own" | "any";
   /** Sending quotas; a message that would overrun one is deferred. */
-  readonly quota: AccountQuota;
+  readonly quota: QuotaLimits;
   /** Gets a token and sends one message upstream; never throws. */
   readonly deliver: (message: OutgoingMessage) => Promise<UpstreamResult>;
 }
@@ -67,9 +68,23 @@ export type ReportResult = "sent" | "failed" | "skipped";
 export interface RelayOptions {
   /** The relay's name (its EHLO name), for the non-delivery reports it writes. */
   readonly name: string;
+  /** The accounts' quota counters. */
+  readonly quotas: Quotas;
 }
 
-interface Entry extends Principal {
+/** One mail transaction, as the client gave it. */
+interface Transaction {
+  /** MAIL FROM address; "" for the null sender. */
+  readonly from: string;
+  /** RCPT TO addresses, in order. */
+  readonly to: readonly string[];
+  /** The message bytes after dot-unstuffing, exactly as sent. */
+  readonly message: Uint8Array;
+}
+
+interface Entry {
+  /** The account address, for logs. */
+  readonly name: string;
   readonly account: RelayAccount;
   readonly verifier: PasswordVerifier;
   /** Lower-cased addresses it may send from. */
@@ -87,6 +102,7 @@ export class Relay implements Backend {
   #bySender = new Map<string, Entry>();
   readonly #observer?: RelayObserver;
   readonly #name: string;
+  readonly #quotas: Quotas;
   /** Non-delivery reports still being sent. */
   readonly #reports = new Set<Promise<void>>();
 
@@ -97,11 +113,12 @@ export class Relay implements Backend {
   constructor(
     accounts: Iterable<RelayAccount>,
     senderDomains: Readonly<Record<string, string>> = {},
-    observer?: RelayObserver,
-    options: RelayOptions = { name: "localhost" },
+    observer: RelayObserver | undefined,
+    options: RelayOptions,
   ) {
     this.#observer = observer;
     this.#name = options.name;
+    this.#quotas = options.quotas;
     this.update(accounts, senderDomains);
   }
 
@@ -144,12 +161,18 @@ export class Relay implements Backend {
    * network: the account whose address or alias is the sender, else the account mapped
    * to the sender's domain; the null sender is refused, since it names no account.
    */
-  sender(principal: Principal | undefined, from: string): Principal | Reply {
+  /** Opens the session of one client (see {@link Session}). */
+  newSession(peer: Peer): Session {
+    return new RelaySession(this, peer);
+  }
+
+  /** The account to send `from` as; see {@link RelaySession.mail}. */
+  sender(loggedIn: string | undefined, from: string): Entry | Reply {
     const address = from.toLowerCase();
-    if (principal) {
+    if (loggedIn !== undefined) {
       // The account as configured now (a reload may have changed or removed it).
-      const entry = this.#accounts.get(principal.name.toLowerCase());
-      if (!entry) return reply(550, "5.7.1", `Account ${principal.name} is no longer configured`);
+      const entry = this.#accounts.get(loggedIn);
+      if (!entry) return reply(550, "5.7.1", `Account ${loggedIn} is no longer configured`);
       if (address === "" || entry.account.senders === "any" || entry.senders.has(address)) {
         return entry;
       }
@@ -168,7 +191,7 @@ export class Relay implements Backend {
    * logged with the client address (for fail2ban); the username only when it is a
    * configured account, since clients do send passwords in the username field.
    */
-  async authenticate(username: string, password: string, peer: Peer) {
+  async authenticate(username: string, password: string, peer: Peer): Promise<Entry | undefined> {
     const entry = this.#accounts.get(username.trim().toLowerCase());
     if (!entry) {
       await verifyNobody(password);
@@ -183,10 +206,13 @@ export class Relay implements Backend {
     return undefined;
   }
 
-  /** Delivers upstream and answers with what the provider said. */
-  async deliver(principal: Principal, tx: Transaction): Promise<Reply> {
+  /**
+   * Delivers upstream and answers with what the provider said. The quota reservation is
+   * taken and settled within this call: committed when the provider took the message,
+   * released otherwise (also when anything throws), whether or not the client is still there.
+   */
+  async deliver(entry: Entry, tx: Transaction): Promise<Reply> {
     const started = performance.now();
-    const entry = principal as Entry;
     const arrivedAt = Date.now();
     const outcome = await this.#attempt(entry.account, tx);
     if (outcome.rejected?.length && tx.from !== "") {
@@ -248,8 +274,8 @@ export class Relay implements Backend {
     rejected: readonly RejectedRecipient[],
     arrival: Date,
   ): Promise<[ReportResult, string]> {
-    const reserved = account.quota.reserve(1);
-    if (!("release" in reserved)) return ["skipped", quotaText(account.email, reserved)];
+    const reserved = await this.#quotas.reserve(account.email, account.quota, 1);
+    if (!isReservation(reserved)) return ["skipped", quotaText(account.email, reserved)];
     const raw = nonDeliveryReport({
       reportingMta: this.#name,
       account: account.email,
@@ -262,14 +288,17 @@ export class Relay implements Backend {
     if (r.kind === "refused") {
       r = await account.deliver({ from: account.email, to: [tx.from], raw });
     }
-    if (r.kind === "sent" && r.rejected.length === 0) return ["sent", ""];
+    if (r.kind === "sent" && r.rejected.length === 0) {
+      reserved.commit();
+      return ["sent", ""];
+    }
     reserved.release();
     return ["failed", describeResult(r)];
   }
 
   async #attempt(account: RelayAccount, tx: Transaction): Promise<Outcome> {
-    const reserved = account.quota.reserve(tx.to.length);
-    if (!("release" in reserved)) {
+    const reserved = await this.#quotas.reserve(account.email, account.quota, tx.to.length);
+    if (!isReservation(reserved)) {
       this.#observer?.quotaDeferred(reserved.kind);
       return {
         result: "quota",
@@ -277,11 +306,76 @@ export class Relay implements Backend {
         refused: 0,
       };
     }
-    const result = await account.deliver({ from: tx.from, to: tx.to, raw: tx.message });
-    const outcome = fromUpstream(result, tx.to.length);
-    // Only what the provider took counts against the quota.
-    if (outcome.result !== "delivered" && outcome.result !== "partial") reserved.release();
-    return outcome;
+    try {
+      const result = await account.deliver({ from: tx.from, to: tx.to, raw: tx.message });
+      const outcome = fromUpstream(result, tx.to.length);
+      // Only what the provider took counts against the quota.
+      if (outcome.result === "delivered" || outcome.result === "partial") reserved.commit();
+      return outcome;
+    } finally {
+      reserved.release(); // no-op after the commit
+    }
+  }
+}
+
+/**
+ * One client's session with the relay: who logged in, and the current transaction's
+ * account, sender and recipients. {@link reset} ends the transaction, {@link logout} the
+ * session. A transaction's quota reservation lives only within {@link data} (see
+ * {@link Relay.deliver}), so no reservation can outlive a session that ends mid-message.
+ */
+class RelaySession implements Session {
+  readonly #relay: Relay;
+  readonly #peer: Peer;
+  /** The account logged in as (lower-cased address), if any. */
+  #login?: string;
+  /** The transaction: the account sending it, and its recipients. */
+  #sender?: Entry;
+  #from = "";
+  #to: string[] = [];
+
+  constructor(relay: Relay, peer: Peer) {
+    this.#relay = relay;
+    this.#peer = peer;
+  }
+
+  async auth(username: string, password: string): Promise<boolean> {
+    const entry = await this.#relay.authenticate(username, password, this.#peer);
+    this.#login = entry?.account.email.toLowerCase();
+    return entry !== undefined;
+  }
+
+  mail(from: string, authenticated: boolean): Promise<Reply | undefined> {
+    this.reset();
+    if (!authenticated) this.#login = undefined;
+    const decided = this.#relay.sender(this.#login, from);
+    if ("code" in decided) return Promise.resolve(decided);
+    this.#sender = decided;
+    this.#from = from;
+    return Promise.resolve(undefined);
+  }
+
+  rcpt(to: string): Promise<Reply | undefined> {
+    this.#to.push(to);
+    return Promise.resolve(undefined);
+  }
+
+  data(message: Uint8Array): Promise<Reply> {
+    const sender = this.#sender;
+    if (!sender) return Promise.resolve(reply(503, "5.5.1", "Bad sequence of commands"));
+    const tx = { from: this.#from, to: this.#to, message };
+    return this.#relay.deliver(sender, tx);
+  }
+
+  reset(): void {
+    this.#sender = undefined;
+    this.#from = "";
+    this.#to = [];
+  }
+
+  logout(): void {
+    this.reset();
+    this.#login = undefined;
   }
 }
 

@@ -22,7 +22,27 @@ import type {
   SMTPServerDataStream,
   SMTPServerSession,
 } from "smtp-server";
+import type { Socket } from "node:net";
 import { SANDBOX_CERT_PEM, SANDBOX_KEY_PEM } from "./tls.ts";
+import {
+  captureNew,
+  type Connection,
+  connectionOf,
+  destroySocket,
+  onQuit,
+  replaceNextLineHandler,
+  sendReply,
+} from "../compat/smtp_server.ts";
+
+/** smtp-server calling `onConnection` with each new connection (see src/compat). */
+class HookedServer extends SMTPServer {
+  onConnection?: (connection: Connection) => void;
+
+  override connect(socket: Socket, socketOptions?: Parameters<SMTPServer["connect"]>[1]): void {
+    const connection = captureNew(this, () => super.connect(socket, socketOptions));
+    if (connection) this.onConnection?.(connection);
+  }
+}
 
 /** Checks access tokens; the sandbox `TokenEndpoint` is one. */
 export interface AccessTokenValidator {
@@ -46,6 +66,8 @@ export interface ReceivedMessage {
   receivedAt: Date;
   /** Address the relay connected from (its source address). */
   remoteAddress: string;
+  /** The name the client gave in EHLO/HELO. */
+  ehlo: string;
 }
 
 /**
@@ -145,7 +167,7 @@ export class SandboxSmtpServer {
     quits: 0,
   };
 
-  readonly #server: SMTPServer;
+  readonly #server: HookedServer;
   readonly #tokens: AccessTokenValidator;
   readonly #size: number;
   readonly #onMessage?: (message: ReceivedMessage) => void;
@@ -161,7 +183,7 @@ export class SandboxSmtpServer {
     this.#tokens = options.tokens;
     this.#size = options.size ?? 50 * 1024 * 1024;
     this.#onMessage = options.onMessage;
-    this.#server = new SMTPServer({
+    this.#server = new HookedServer({
       name: "sandbox.localhost", // without it smtp-server calls os.hostname()
       banner: "ESMTP sandbox ready",
       disableReverseLookup: true,
@@ -174,19 +196,7 @@ export class SandboxSmtpServer {
       allowInsecureAuth: true,
       authRequiredMessage: "5.7.0 Authentication Required",
       size: this.#size,
-      // smtp-server reports each command to its logger: count the QUITs, log nothing.
-      logger: {
-        level: () => {},
-        trace: () => {},
-        debug: (meta: unknown) => {
-          const m = meta as { tnx?: string; command?: string };
-          if (m?.tnx === "command" && m.command === "QUIT") this.stats.quits++;
-        },
-        info: () => {},
-        warn: () => {},
-        error: () => {},
-        fatal: () => {},
-      },
+      logger: false,
       closeTimeout: 1000,
       onConnect: (_session, callback) => {
         this.stats.connections++;
@@ -205,6 +215,7 @@ export class SandboxSmtpServer {
         this.#sessions.delete(session.id);
       },
     });
+    this.#server.onConnection = (connection) => onQuit(connection, () => this.stats.quits++);
     // Without a listener, a client failing the TLS handshake (e.g. one that
     // does not trust the sandbox CA) would crash the process.
     this.#server.on("error", () => this.stats.errors++);
@@ -247,8 +258,8 @@ export class SandboxSmtpServer {
    */
   dropConnections(silently = false): void {
     for (const connection of [...this.#server.connections]) {
-      if (!silently) connection.send(421, "4.4.2 Connection dropped due to timeout");
-      connection._socket.destroy();
+      if (!silently) sendReply(connection, 421, "4.4.2 Connection dropped due to timeout");
+      destroySocket(connection);
     }
   }
 
@@ -259,9 +270,9 @@ export class SandboxSmtpServer {
     return this.#closed ??= new Promise((resolve) => {
       this.#server.close(() => resolve());
       for (const connection of [...this.#server.connections]) {
-        connection.send(421, SHUTTING_DOWN);
+        sendReply(connection, 421, SHUTTING_DOWN);
         // smtp-server's own close() only half-closes and waits for the client.
-        connection._socket.destroy();
+        destroySocket(connection);
       }
     });
   }
@@ -305,7 +316,7 @@ export class SandboxSmtpServer {
    * Gmail's XOAUTH2 failure: a 334 challenge carrying the error JSON, then,
    * after the client's empty line, `535 5.7.8`. smtp-server sends the 334 and
    * queues its own 535 handler, whose text lacks 5.7.8, so that handler is
-   * replaced on the connection (`_nextHandler`, declared in its typings).
+   * replaced on the connection (src/compat/smtp_server.ts).
    */
   #rejectXoauth2(
     session: SMTPServerSession,
@@ -321,13 +332,8 @@ export class SandboxSmtpServer {
         scope: "https://mail.google.com/",
       },
     });
-    for (const connection of this.#server.connections) {
-      if (connection.session !== session || !connection._nextHandler) continue;
-      connection._nextHandler = (_line, done) => {
-        connection.send(535, AUTH_FAILED);
-        done();
-      };
-    }
+    const connection = connectionOf(this.#server, session);
+    if (connection) replaceNextLineHandler(connection, (send) => send(535, AUTH_FAILED));
   }
 
   #onRcptTo(
@@ -352,9 +358,8 @@ export class SandboxSmtpServer {
     stream.on("error", () => {});
     stream.on("data", (chunk: Buffer) => {
       if (!drop) return void chunks.push(chunk);
-      for (const connection of this.#server.connections) {
-        if (connection.session === session) connection._socket.destroy();
-      }
+      const connection = connectionOf(this.#server, session);
+      if (connection) destroySocket(connection);
     });
     stream.on("end", () => {
       if (drop) return;
@@ -380,6 +385,7 @@ export class SandboxSmtpServer {
         data: new Uint8Array(Buffer.concat(chunks)),
         receivedAt: new Date(),
         remoteAddress: session.remoteAddress,
+        ehlo: session.hostNameAppearsAs,
       };
       this.received.push(message);
       this.#onMessage?.(message);

@@ -1,0 +1,214 @@
+/**
+ * Every touch of smtp-server's internals, in one place. The relay's ingress and the
+ * sandbox provider use the library's public options and callbacks, plus the few
+ * connection-level hooks below; each is a field or method of `SMTPConnection` that the
+ * library declares in its typings but does not document as API. {@link checkSmtpServer}
+ * verifies at start-up that each one is still there, so a version bump that renames
+ * one fails the start with a message instead of failing sessions at run time.
+ * @module
+ */
+import { SMTPServer, type SMTPServerSession } from "smtp-server";
+import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
+import pkg from "smtp-server/package.json" with { type: "json" };
+import type { Socket } from "node:net";
+
+/** The loaded version, named in the self-check's errors. */
+export const SMTP_SERVER_VERSION: string = pkg.version;
+
+/** One client connection of smtp-server (`SMTPConnection`). */
+export type Connection = SMTPServer["connections"] extends Set<infer C> ? C : never;
+
+/** The internal members relied on, for the self-check. */
+interface ConnectionInternals {
+  connectionReady: (next?: () => void) => void;
+  send: (code: number, data?: string) => void;
+  close: () => void;
+  _resetSession: () => void;
+  handler_QUIT: (command: unknown, callback: () => void) => void;
+  _closing: boolean;
+  _socket: Socket;
+  _nextHandler: false | ((line: unknown, done: () => void) => void);
+  session: SMTPServerSession;
+}
+
+const METHODS = ["connectionReady", "send", "close", "_resetSession", "handler_QUIT"] as const;
+
+/**
+ * Checks that the internals used here exist in the loaded smtp-server: inspects
+ * `SMTPConnection.prototype` and a connection built over a socket that never connects
+ * (the constructor only; nothing is started). `connection` replaces the class for the
+ * test of the check itself. Throws an error naming the library, its version and the
+ * missing piece.
+ */
+export function checkSmtpServer(connection: typeof SMTPConnection = SMTPConnection): void {
+  const missing = (what: string) =>
+    new Error(
+      `smtp-server ${SMTP_SERVER_VERSION}: ${what} is missing (the relay relies on it; ` +
+        `pin smtp-server or update src/compat/smtp_server.ts)`,
+    );
+  const server = new SMTPServer({ logger: false, name: "self-check" });
+  if (!(server.connections instanceof Set)) throw missing("SMTPServer.connections (a Set)");
+  if (typeof server.connect !== "function") throw missing("SMTPServer.connect()");
+  const proto = connection.prototype as unknown as Record<string, unknown>;
+  for (const name of METHODS) {
+    if (typeof proto[name] !== "function") throw missing(`SMTPConnection.${name}()`);
+  }
+  const c = new connection(server, fakeSocket(), {}) as unknown as ConnectionInternals;
+  if (typeof c._closing !== "boolean") throw missing("SMTPConnection._closing");
+  if (c._nextHandler !== false) throw missing("SMTPConnection._nextHandler");
+  if (!c._socket || typeof c._socket.destroy !== "function") {
+    throw missing("SMTPConnection._socket");
+  }
+  if (typeof c.session !== "object" || c.session === null) {
+    throw missing("SMTPConnection.session");
+  }
+}
+
+/** A socket-like object that never connects: enough for SMTPConnection's constructor. */
+function fakeSocket(): Socket {
+  const noop = () => {};
+  return {
+    setNoDelay: noop,
+    on: noop,
+    once: noop,
+    pipe: noop,
+    destroy: noop,
+    end: noop,
+    write: () => true,
+    remoteAddress: "127.0.0.1",
+    remotePort: 0,
+    localAddress: "127.0.0.1",
+    localPort: 0,
+  } as unknown as Socket;
+}
+
+/**
+ * Runs `connect` (which must call `SMTPServer.connect`) and returns the connection it
+ * added to `server.connections`, found as it is added (O(1), not a scan).
+ */
+export function captureNew(server: SMTPServer, connect: () => void): Connection | undefined {
+  let connection: Connection | undefined;
+  const set = server.connections;
+  set.add = (c: Connection) => {
+    connection = c;
+    return Set.prototype.add.call(set, c) as typeof set;
+  };
+  try {
+    connect();
+  } finally {
+    delete (set as { add?: unknown }).add;
+  }
+  return connection;
+}
+
+/**
+ * Skips the 100 ms early-talker pause for this connection: `init()` armed a timer that
+ * calls `connectionReady()`; it is called now and the timer's call becomes a no-op.
+ */
+export function skipGreetingPause(connection: Connection): void {
+  const c = connection as unknown as ConnectionInternals;
+  const ready = c.connectionReady.bind(connection);
+  c.connectionReady = () => {};
+  if (!c._closing) ready();
+}
+
+/** Sends one reply line on the connection (a 421 also closes it, as smtp-server does). */
+export function sendReply(connection: Connection, code: number, text: string): void {
+  (connection as unknown as ConnectionInternals).send(code, text);
+}
+
+/** Closes the connection's socket at once, without a reply. */
+export function destroySocket(connection: Connection): void {
+  (connection as unknown as ConnectionInternals)._socket.destroy();
+}
+
+/**
+ * Calls `onReset` whenever smtp-server resets the transaction (go-smtp's `Reset`): RSET,
+ * EHLO/HELO, STARTTLS, XCLIENT/XFORWARD and after the reply to each DATA.
+ */
+export function onTransactionReset(connection: Connection, onReset: () => void): void {
+  const c = connection as unknown as ConnectionInternals;
+  const reset = c._resetSession;
+  c._resetSession = function (this: unknown) {
+    reset.call(this);
+    onReset();
+  };
+}
+
+/** Calls `onQuit` when the client sends QUIT (before the 221 goes out). */
+export function onQuit(connection: Connection, onQuit: () => void): void {
+  const c = connection as unknown as ConnectionInternals;
+  const quit = c.handler_QUIT;
+  c.handler_QUIT = function (this: unknown, command: unknown, callback: () => void) {
+    onQuit();
+    quit.call(this, command, callback);
+  };
+}
+
+/** The connection whose session is `session`, if it is still open (a scan: rare paths only). */
+export function connectionOf(
+  server: SMTPServer,
+  session: SMTPServerSession,
+): Connection | undefined {
+  for (const c of server.connections) {
+    if ((c as unknown as ConnectionInternals).session === session) return c;
+  }
+  return undefined;
+}
+
+/**
+ * Replaces the handler smtp-server queued for the client's next line (e.g. its 535 after a
+ * 334 challenge). False when nothing is queued.
+ */
+export function replaceNextLineHandler(
+  connection: Connection,
+  handler: (reply: (code: number, text: string) => void) => void,
+): boolean {
+  const c = connection as unknown as ConnectionInternals;
+  if (!c._nextHandler) return false;
+  c._nextHandler = (_line, done) => {
+    handler((code, text) => c.send(code, text));
+    done();
+  };
+  return true;
+}
+
+/**
+ * smtp-server writes every reply line on its own; a pipelining client's MAIL, RCPT and
+ * DATA get three replies in the same turn of the event loop. Holding writes until the
+ * turn's microtasks have run sends them in one system call (writev). Relies on
+ * smtp-server writing each reply as one string: a 220 (the greeting, and the go-ahead for
+ * STARTTLS, after which smtp-server hands the socket to TLS in the same turn) is never
+ * held: it leaves at once, after anything held.
+ */
+export function coalesceWrites(socket: Socket): void {
+  const write = socket.write;
+  let held = false;
+  const release = () => {
+    if (!held) return;
+    held = false;
+    socket.uncork();
+  };
+  socket.write = function (this: Socket, ...args: Parameters<Socket["write"]>) {
+    if (typeof args[0] === "string" && args[0].startsWith("220")) {
+      release();
+    } else if (!held && !socket.destroyed) {
+      held = true;
+      socket.cork();
+      queueMicrotask(release);
+    }
+    return write.apply(this, args);
+  } as Socket["write"];
+}
+
+const SLOT = Symbol("smtp-oauth2-relay.session");
+
+/** Attaches the relay's per-client state to smtp-server's session object. */
+export function attach<T>(session: SMTPServerSession, state: T): void {
+  (session as unknown as Record<symbol, unknown>)[SLOT] = state;
+}
+
+/** The state {@link attach}ed to a session, if any. */
+export function attached<T>(session: SMTPServerSession): T | undefined {
+  return (session as unknown as Record<symbol, T | undefined>)[SLOT];
+}
