@@ -348,6 +348,10 @@ class RelaySession implements Session {
   mail(from: string, authenticated: boolean): Promise<Reply | undefined> {
     this.reset();
     if (!authenticated) this.#login = undefined;
+    // The ingress never lets such a client this far; the session does not rely on that.
+    if (this.#login === undefined && !this.#peer.trusted) {
+      return Promise.resolve(reply(530, "5.7.0", "Authentication required"));
+    }
     const decided = this.#relay.sender(this.#login, from);
     if ("code" in decided) return Promise.resolve(decided);
     this.#sender = decided;

@@ -1,6 +1,7 @@
 /** Sliding-window quotas with a controlled clock. */
 import assert from "node:assert/strict";
-import { AccountQuota, type QuotaExceeded } from "../../src/quota/quota.ts";
+import { AccountQuota, type QuotaExceeded, type QuotaSnapshot } from "../../src/quota/quota.ts";
+import { isReservation, LocalQuotas } from "../../src/quota/quotas.ts";
 
 const T0 = Date.UTC(2026, 10, 26, 10, 0, 30);
 const HOUR = 3_600_000;
@@ -51,4 +52,52 @@ Deno.test("a snapshot restores the counters", () => {
   assert.equal((restored.reserve(1, T0 + 2 * HOUR) as QuotaExceeded).kind, "messages_per_day");
   // A day later the old buckets are gone.
   assert.deepEqual(restored.usage(T0 + 27 * HOUR).messagesToday, 0);
+});
+
+Deno.test("LocalQuotas: counters per address (any case), loaded on first use, limits as given per call, flushed when dirty", async () => {
+  const saved = new Map<string, QuotaSnapshot>();
+  let loads = 0;
+  const store = {
+    load: (key: string) => {
+      loads++;
+      return Promise.resolve(saved.get(key));
+    },
+    save: (key: string, value: QuotaSnapshot) => {
+      saved.set(key, JSON.parse(JSON.stringify(value)));
+      return Promise.resolve();
+    },
+  };
+  // A message an earlier run counted, an hour ago.
+  saved.set("a@example.com", { minutes: [[T0 - HOUR, 1, 1]], recent: [] });
+  let now = T0;
+  const quotas = new LocalQuotas(store, { now: () => now });
+  const daily = { messagesPerDay: 2, recipientsPerDay: 0, messagesPerMinute: 0 };
+  const r = await quotas.reserve("A@Example.com", daily, 1);
+  assert.ok(isReservation(r));
+  r.commit();
+  r.release(); // after a commit: no effect
+  const refused = await quotas.reserve("a@example.com", daily, 1);
+  assert.ok(!isReservation(refused));
+  assert.equal(refused.kind, "messages_per_day");
+  // New limits (a reload) apply to the same counters.
+  const more = { ...daily, messagesPerDay: 3 };
+  const again = await quotas.reserve("a@example.com", more, 1);
+  assert.ok(isReservation(again));
+  again.release();
+  assert.equal(loads, 1);
+  await quotas.flush();
+  assert.equal(saved.get("a@example.com")!.minutes.reduce((n, m) => n + m[1], 0), 2);
+  // Nothing changed since: a flush writes nothing; `all` writes every account.
+  saved.clear();
+  await quotas.flush();
+  assert.equal(saved.size, 0);
+  await quotas.flush(true);
+  assert.equal(saved.size, 1);
+  // A day later the counted messages have left the window.
+  now = T0 + 25 * HOUR;
+  assert.deepEqual(await quotas.usage("a@example.com"), {
+    messagesToday: 0,
+    recipientsToday: 0,
+    lastMinute: 0,
+  });
 });
