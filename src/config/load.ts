@@ -146,6 +146,9 @@ function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {
         smtpHost: p.smtpHost ?? SANDBOX_DEFAULTS.smtpHost,
         smtpPort: p.smtpPort ?? SANDBOX_DEFAULTS.smtpPort,
         tls: "starttls",
+        // The only `ca` any provider gets. It replaces the system's roots for this
+        // account's SMTP connection, and the schema admits the sandbox on loopback only
+        // (smtpHost and tokenUrl), so this public CA is never trusted for a real host.
         ca: SANDBOX_CA_PEM,
         maxConnections: SANDBOX_DEFAULTS.maxConnections,
         quota: NO_QUOTA,
