@@ -28,7 +28,10 @@ export interface AccountConfig {
   readonly clientId: string;
   /** OAuth2 client secret, absent for public clients. */
   readonly clientSecret?: string;
-  /** Refresh token from the config, if any (a persisted rotated one wins, see tokens/store). */
+  /**
+   * Refresh token from the config, if any. A rotated one persisted in the state directory
+   * wins while this value stays the same (see tokens/store).
+   */
   readonly refreshToken?: string;
   /** scrypt hash of the client password. */
   readonly passwordHash: string;

@@ -188,7 +188,7 @@ const account = z.object({
 const listenerExtras = {
   /** Clients from these networks may send without AUTH; the account is chosen by MAIL FROM. */
   trustedNetworks: cidrList.default([]),
-  /** PROXY protocol (v1/v2) headers are accepted from these addresses only (load balancers). */
+  /** PROXY protocol v1 headers are accepted from these addresses only (load balancers). */
   proxyFrom: z.array(
     z.string().refine(
       isIpAddress,
@@ -247,7 +247,7 @@ export const configSchema = z.object({
     z.string().regex(/^[a-z0-9.-]+\.[a-z]{2,}$/i, "expected a domain name"),
     z.email("expected the address of a configured account"),
   ).default({}),
-  /** HTTP listener for /metrics, /healthz and /readyz. */
+  /** HTTP listener for /metrics, /healthz, /readyz and /accounts. */
   http: z.object({
     host: host.default(DEFAULTS.httpHost),
     port: port.default(DEFAULTS.httpPort),
@@ -255,7 +255,7 @@ export const configSchema = z.object({
   /** On SIGTERM, messages already in DATA get this long to finish (seconds). */
   shutdownTimeoutSeconds: z.int("expected an integer").min(0, "expected seconds >= 0")
     .default(DEFAULTS.shutdownTimeoutSeconds),
-  /** Where rotated refresh tokens are kept. */
+  /** Where rotated refresh tokens (`tokens/`) and quota counters (`quota/`) are kept. */
   stateDir: text("expected a directory path").default(DEFAULTS.stateDir),
   /** Token handling. */
   tokens: z.object({
