@@ -1,6 +1,7 @@
 /**
- * Every default of the relay, in one place. The README's configuration table is
- * generated from nothing else: change a value here and there only.
+ * Every default of the relay, in one place: the schema and the runtime read them from
+ * here. The README's configuration table restates some of them by hand (nothing
+ * generates it): when you change a value here, change the README too.
  * @module
  */
 
@@ -44,7 +45,7 @@ export const DEFAULTS = {
   httpPort: 9090,
   /** On SIGTERM, messages already in DATA get this long to finish, in s. */
   shutdownTimeoutSeconds: 30,
-  /** Directory for rotated refresh tokens (mode 0700, files 0600). */
+  /** Directory for rotated refresh tokens and quota counters (mode 0700, files 0600). */
   stateDir: "./state",
   /** An access token is refreshed this long before it expires, in seconds. */
   refreshMarginSeconds: 300,
@@ -56,7 +57,10 @@ export const DEFAULTS = {
   tokenRetryBaseMs: 500,
   /** Longest retry delay (and longest Retry-After honoured), ms. */
   tokenRetryMaxMs: 10_000,
-  /** An account that needs re-authorization is retried (store, then endpoint) this often, s. */
+  /**
+   * An account that needs re-authorization is retried (store, then endpoint) at most this
+   * often, s: when a message needs its token, not on a timer.
+   */
   reauthRecheckSeconds: 60,
   /** Time allowed to open an upstream TCP connection and get its greeting, in ms. */
   upstreamConnectTimeoutMs: 30_000,

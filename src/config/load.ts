@@ -28,7 +28,10 @@ export interface AccountConfig {
   readonly clientId: string;
   /** OAuth2 client secret, absent for public clients. */
   readonly clientSecret?: string;
-  /** Refresh token from the config, if any (a persisted rotated one wins, see tokens/store). */
+  /**
+   * Refresh token from the config, if any. A rotated one persisted in the state directory
+   * wins while this value stays the same (see tokens/store).
+   */
   readonly refreshToken?: string;
   /** scrypt hash of the client password. */
   readonly passwordHash: string;
@@ -146,6 +149,9 @@ function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {
         smtpHost: p.smtpHost ?? SANDBOX_DEFAULTS.smtpHost,
         smtpPort: p.smtpPort ?? SANDBOX_DEFAULTS.smtpPort,
         tls: "starttls",
+        // The only `ca` any provider gets. It replaces the system's roots for this
+        // account's SMTP connection, and the schema admits the sandbox on loopback only
+        // (smtpHost and tokenUrl), so this public CA is never trusted for a real host.
         ca: SANDBOX_CA_PEM,
         maxConnections: SANDBOX_DEFAULTS.maxConnections,
         quota: NO_QUOTA,

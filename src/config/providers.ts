@@ -29,7 +29,11 @@ export interface ProviderEndpoints {
   readonly smtpPort: number;
   /** STARTTLS (required, never downgraded) or TLS from the first byte. */
   readonly tls: UpstreamTls;
-  /** Extra CA certificates (PEM) trusted for this provider, on top of the system's. */
+  /**
+   * CA certificates (PEM) for this provider's SMTP TLS. They REPLACE the system's roots
+   * (node:tls `ca`, which nodemailer passes on), they do not add to them. Only the
+   * sandbox provider, which runs on loopback only, has one.
+   */
   readonly ca?: string;
   /** Default cap on concurrent upstream connections per account. */
   readonly maxConnections: number;

@@ -3,6 +3,7 @@
  * exported here, and at load time by the schema, which names the field that is wrong.
  * @module
  */
+import { isIPv4 } from "node:net";
 import { z } from "zod";
 import { DEFAULTS } from "./defaults.ts";
 import { isCidr, isIpAddress } from "../ingress/network.ts";
@@ -79,6 +80,21 @@ const cidrList = z.array(
 
 const addressList = z.array(z.email("expected an email address"), "expected a list of addresses");
 
+/**
+ * True for `localhost`, an IPv4 address in 127.0.0.0/8 and `::1`. Exact forms only: a
+ * name that merely starts with `127.` or ends in `localhost` is not loopback.
+ */
+function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  return h === "localhost" || h === "::1" || (isIPv4(h) && h.startsWith("127."));
+}
+
+function sandboxOffLoopback(host: string): string {
+  return `the sandbox provider only runs on loopback (localhost, 127.0.0.0/8, ::1), got ${
+    JSON.stringify(host)
+  }`;
+}
+
 const provider = z.preprocess(
   (value) => typeof value === "string" ? { type: value } : value,
   z.discriminatedUnion("type", [
@@ -100,10 +116,24 @@ const provider = z.preprocess(
       tls: z.enum(["starttls", "implicit"], { error: "expected 'starttls' or 'implicit'" }),
       maxConnections: positiveInt.optional(),
     }).strict(),
+    // The sandbox's CA is public (its key is in this repository) and its token endpoint
+    // may be plain http, so the sandbox is admitted on loopback only: no config can make
+    // the relay trust that CA, or send a client secret over http, for a real host.
     z.object({
       type: z.literal("sandbox"),
-      tokenUrl: z.url({ protocol: /^https?$/, error: "expected an http(s):// URL" }).optional(),
-      smtpHost: hostname.optional(),
+      tokenUrl: z.url({ protocol: /^https?$/, error: "expected an http(s):// URL" })
+        .superRefine((url, ctx) => {
+          if (!URL.canParse(url)) return; // reported by z.url
+          const host = new URL(url).hostname;
+          if (!isLoopbackHost(host.replace(/^\[(.*)\]$/, "$1"))) {
+            ctx.addIssue({ code: "custom", message: sandboxOffLoopback(host) });
+          }
+        }).optional(),
+      smtpHost: z.string({ error: "expected a host name" }).superRefine((host, ctx) => {
+        if (!isLoopbackHost(host)) {
+          ctx.addIssue({ code: "custom", message: sandboxOffLoopback(host) });
+        }
+      }).optional(),
       smtpPort: port.optional(),
     }).strict(),
   ], {
@@ -158,7 +188,7 @@ const account = z.object({
 const listenerExtras = {
   /** Clients from these networks may send without AUTH; the account is chosen by MAIL FROM. */
   trustedNetworks: cidrList.default([]),
-  /** PROXY protocol (v1/v2) headers are accepted from these addresses only (load balancers). */
+  /** PROXY protocol v1 headers are accepted from these addresses only (load balancers). */
   proxyFrom: z.array(
     z.string().refine(
       isIpAddress,
@@ -217,7 +247,7 @@ export const configSchema = z.object({
     z.string().regex(/^[a-z0-9.-]+\.[a-z]{2,}$/i, "expected a domain name"),
     z.email("expected the address of a configured account"),
   ).default({}),
-  /** HTTP listener for /metrics, /healthz and /readyz. */
+  /** HTTP listener for /metrics, /healthz, /readyz and /accounts. */
   http: z.object({
     host: host.default(DEFAULTS.httpHost),
     port: port.default(DEFAULTS.httpPort),
@@ -225,7 +255,7 @@ export const configSchema = z.object({
   /** On SIGTERM, messages already in DATA get this long to finish (seconds). */
   shutdownTimeoutSeconds: z.int("expected an integer").min(0, "expected seconds >= 0")
     .default(DEFAULTS.shutdownTimeoutSeconds),
-  /** Where rotated refresh tokens are kept. */
+  /** Where rotated refresh tokens (`tokens/`) and quota counters (`quota/`) are kept. */
   stateDir: text("expected a directory path").default(DEFAULTS.stateDir),
   /** Token handling. */
   tokens: z.object({
