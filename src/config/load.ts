@@ -16,7 +16,7 @@ import {
   SANDBOX_DEFAULTS,
 } from "./providers.ts";
 import type { QuotaLimits } from "../quota/quota.ts";
-import { SANDBOX_CA_PEM } from "../sandbox/tls.ts";
+import { SANDBOX_CA_PEM } from "../sandbox/ca.ts";
 
 /** One validated account with its provider resolved. */
 export interface AccountConfig {
