@@ -177,6 +177,25 @@ export async function until(
 }
 
 /**
+ * Watches for something that must not happen: polls `condition` every 20 ms for `forMs`
+ * and says false as soon as it holds, true if it never did. Only where nothing marks the
+ * end of the work in question; where something does (a reply, a closed connection, a
+ * drained relay), wait for that instead and assert the absence at once.
+ */
+export async function never(
+  condition: () => boolean | Promise<boolean>,
+  options: { forMs: number },
+): Promise<boolean> {
+  const deadline = Date.now() + options.forMs;
+  while (true) {
+    if (await condition()) return false;
+    const left = deadline - Date.now();
+    if (left <= 0) return true;
+    await new Promise((ok) => setTimeout(ok, Math.min(20, left)));
+  }
+}
+
+/**
  * A TCP port on 127.0.0.1 that was free a moment ago (bound as port 0, read back,
  * released), for a child process that must be told its port. Listeners in this process
  * bind port 0 themselves and report the port they got.

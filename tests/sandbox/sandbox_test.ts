@@ -16,6 +16,7 @@ import {
   startSandbox,
   TokenEndpoint,
 } from "../../src/sandbox/mod.ts";
+import { never, until } from "../harness.ts";
 
 const USER = "alice@example.test";
 const CLIENT_ID = "sandbox-client";
@@ -319,6 +320,7 @@ Deno.test(
     assert.equal(timedOut.name, "TimeoutError");
 
     let settled = false;
+    const before = sandbox.stats.token.requests;
     const pending = fetch(sandbox.tokenUrl, { method: "POST" }).then(
       async (response) => {
         settled = true;
@@ -329,8 +331,9 @@ Deno.test(
         return String(error);
       },
     );
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    assert.equal(settled, false);
+    // The request is in (counted before the hang), then no answer comes for 300 ms.
+    assert.ok(await until(() => sandbox.stats.token.requests > before), "request not received");
+    assert.ok(await never(() => settled, { forMs: 300 }), "a hanging request was answered");
     await sandbox.close(); // withSandbox closes again: close() is idempotent
     assert.match(await pending, /^503 /);
   }),
