@@ -31,7 +31,8 @@ import {
   rawMessage,
   startHarness,
 } from "../harness.ts";
-import { bytesOf, RawSession, type Reply, Rng, seedFor } from "./raw_smtp.ts";
+import { bytesOf, RawSmtp, type Reply } from "../smtp_client.ts";
+import { Rng, seedFor } from "./rng.ts";
 import { type Expectation, SmtpModel } from "./smtp_model.ts";
 
 const SEED = 0x5eed0008;
@@ -134,7 +135,7 @@ class Fuzz {
   readonly plain: string;
   /** Expected replies after the greeting, in order. */
   readonly expected: Expectation[] = [];
-  #s?: RawSession;
+  #s?: RawSmtp;
   #allow354 = false;
   #compared = 0;
 
@@ -150,7 +151,7 @@ class Fuzz {
     });
   }
 
-  get s(): RawSession {
+  get s(): RawSmtp {
     return this.#s!;
   }
 
@@ -160,7 +161,7 @@ class Fuzz {
 
   /** Connects; with `greet`, waits for and checks the 220 greeting. */
   async open(greet = true): Promise<void> {
-    this.#s = await RawSession.open(this.h.relay.smtp.port);
+    this.#s = await RawSmtp.open(this.h.relay.smtp.port);
     if (greet) await this.greeting();
   }
 
@@ -854,7 +855,7 @@ async function settledMemory(h: Harness, label: string): Promise<Deno.MemoryUsag
 async function failedAuthBurst(h: Harness, n: number): Promise<void> {
   const account = h.accounts[0].email;
   await Promise.all(Array.from({ length: n }, async (_, i) => {
-    const s = await RawSession.open(h.relay.smtp.port);
+    const s = await RawSmtp.open(h.relay.smtp.port);
     try {
       await s.write(
         `EHLO client.test\r\nAUTH PLAIN ${b64(`\0${account}\0burst-${i}`)}\r\nQUIT\r\n`,

@@ -128,7 +128,7 @@ Deno.test("SIGHUP reloads (a bad config keeps the old); SIGTERM drains without l
     child.kill("SIGTERM");
     const idleReply = await idle.client.reply();
     assert.equal(idleReply.last, "421 4.3.2 Service shutting down, try again later");
-    idle.client.close();
+    await idle.client.close();
     const replies = await Promise.all(results);
     status = await child.status;
 
