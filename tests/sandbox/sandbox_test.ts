@@ -12,39 +12,11 @@ import {
   type Sandbox,
   SANDBOX_CA_PEM,
   SandboxSmtpServer,
-  startSandbox,
   TokenEndpoint,
 } from "../../src/sandbox/mod.ts";
+import { CLIENT_ID, CLIENT_SECRET, FIRST_REFRESH, USER, withSandbox } from "../sandbox_helpers.ts";
 import { never, until } from "../harness.ts";
 import { RawSmtp } from "../smtp_client.ts";
-
-const USER = "alice@example.test";
-const CLIENT_ID = "sandbox-client";
-const CLIENT_SECRET = "sandbox-secret";
-const FIRST_REFRESH = "refresh-0";
-
-/** Runs `fn` against a fresh sandbox with one confidential-client account. */
-function withSandbox(
-  fn: (sandbox: Sandbox) => Promise<void>,
-  options: { rotateRefreshTokens?: boolean } = {},
-): () => Promise<void> {
-  return async () => {
-    const sandbox = await startSandbox({
-      ...options,
-      accounts: [{
-        email: USER,
-        clientId: CLIENT_ID,
-        clientSecret: CLIENT_SECRET,
-        refreshToken: FIRST_REFRESH,
-      }],
-    });
-    try {
-      await fn(sandbox);
-    } finally {
-      await sandbox.close();
-    }
-  };
-}
 
 interface TokenReply {
   status: number;
