@@ -107,7 +107,7 @@ export class RawSmtp {
         this.#parse();
         this.#notify();
         const last = this.replies.length - 1;
-        if (last > before - 1 && last > 0 && this.replies[last].code === 220) {
+        if (last >= before && last > 0 && this.replies[last].code === 220) {
           // The go-ahead for STARTTLS: no read may be pending when the handshake starts.
           this.#held = true;
           return;
