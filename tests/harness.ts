@@ -3,6 +3,7 @@
  * loopback sockets, and nodemailer clients pointed at the relay.
  * @module
  */
+import { fileURLToPath } from "node:url";
 import nodemailer from "nodemailer";
 import type { SMTPSentMessageInfo, Transporter } from "nodemailer";
 import { parseConfig, type RelayConfig } from "../src/config/load.ts";
@@ -173,4 +174,85 @@ export async function until(
     await new Promise((ok) => setTimeout(ok, 20));
   }
   return true;
+}
+
+/**
+ * Watches for something that must not happen: polls `condition` every 20 ms for `forMs`
+ * and says false as soon as it holds, true if it never did. Only where nothing marks the
+ * end of the work in question; where something does (a reply, a closed connection, a
+ * drained relay), wait for that instead and assert the absence at once.
+ */
+export async function never(
+  condition: () => boolean | Promise<boolean>,
+  options: { forMs: number },
+): Promise<boolean> {
+  const deadline = Date.now() + options.forMs;
+  while (true) {
+    if (await condition()) return false;
+    const left = deadline - Date.now();
+    if (left <= 0) return true;
+    await new Promise((ok) => setTimeout(ok, Math.min(20, left)));
+  }
+}
+
+/**
+ * A TCP port on 127.0.0.1 that was free a moment ago (bound as port 0, read back,
+ * released), for a child process that must be told its port. Listeners in this process
+ * bind port 0 themselves and report the port they got.
+ */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** Ports for a relay run as a child process under the start task's flags. */
+export interface TaskPorts {
+  /** The relay's SMTP listener on 127.0.0.1 (`--port`). */
+  smtp: number;
+  /** The relay's metrics listener on 127.0.0.1 (`--metrics-port`). */
+  metrics: number;
+  /** The sandbox's token endpoint on 127.0.0.1. */
+  sandboxToken: number;
+  /** The sandbox's SMTP server, reached as localhost. */
+  sandboxSmtp: number;
+}
+
+/**
+ * The `start` task of deno.json as arguments for `Deno.execPath()`, its entry point made
+ * absolute, for a relay on `ports` instead of the fixed ones (which `deno task demo` or a
+ * running relay may hold): each fixed port in `--allow-net` is replaced by its
+ * counterpart and nothing else changes, and `--port`/`--metrics-port` are appended. Throws
+ * when the task no longer has one of those entries.
+ */
+export async function startTaskArgs(ports: TaskPorts): Promise<string[]> {
+  const root = new URL("../", import.meta.url);
+  const json = JSON.parse(await Deno.readTextFile(new URL("deno.json", root)));
+  const words: string[] = json.tasks.start.split(/\s+/);
+  if (words[0] !== "deno") throw new Error(`the start task does not run deno: ${words[0]}`);
+  const main = fileURLToPath(new URL("src/main.ts", root));
+  const swaps = new Map([
+    ["127.0.0.1:2525", `127.0.0.1:${ports.smtp}`],
+    ["127.0.0.1:9090", `127.0.0.1:${ports.metrics}`],
+    ["127.0.0.1:2580", `127.0.0.1:${ports.sandboxToken}`],
+    ["localhost:2587", `localhost:${ports.sandboxSmtp}`],
+  ]);
+  const args = words.slice(1).map((word) => {
+    if (word === "src/main.ts") return main;
+    if (!word.startsWith("--allow-net=")) return word;
+    const entries = word.slice("--allow-net=".length).split(",");
+    for (const [from, to] of swaps) {
+      if (entries.filter((e) => e === from).length !== 1) {
+        throw new Error(`the start task's --allow-net has no single ${from}: ${word}`);
+      }
+      entries[entries.indexOf(from)] = to;
+    }
+    return `--allow-net=${entries.join(",")}`;
+  });
+  if (!args.includes(main)) throw new Error("the start task does not run src/main.ts");
+  if (!args.some((w) => w.startsWith("--allow-net="))) {
+    throw new Error("the start task has no --allow-net");
+  }
+  return [...args, "--port", String(ports.smtp), "--metrics-port", String(ports.metrics)];
 }

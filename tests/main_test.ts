@@ -8,21 +8,28 @@ import { Buffer } from "node:buffer";
 import { fileURLToPath } from "node:url";
 import nodemailer from "nodemailer";
 import { startSandbox } from "../src/sandbox/mod.ts";
-import { SANDBOX_DEFAULTS } from "../src/config/providers.ts";
 import { PasswordVerifier } from "../src/relay/password.ts";
-import { makeAccounts, PASSWORD, rawMessage } from "./harness.ts";
+import {
+  freePort,
+  makeAccounts,
+  PASSWORD,
+  rawMessage,
+  startTaskArgs as taskArgs,
+  type TaskPorts,
+} from "./harness.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const MAIN = fileURLToPath(new URL("src/main.ts", ROOT));
 const CONFIG_MOD = new URL("src/config/mod.ts", ROOT).href;
 
-/** The start task's arguments after `deno`, with the entry point made absolute. */
-async function startTaskArgs(): Promise<string[]> {
-  const json = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT)));
-  const words: string[] = json.tasks.start.split(/\s+/);
-  assert.equal(words[0], "deno");
+/**
+ * The start task's arguments after `deno`, with the entry point made absolute, for a relay
+ * on free ports (`deno task demo` may hold the fixed ones).
+ */
+async function startTaskArgs(ports: TaskPorts): Promise<string[]> {
+  const words = await taskArgs(ports);
   assert.ok(!words.some((w) => w === "-A" || w.startsWith("--allow-all")), "no -A");
-  return words.slice(1).map((w) => w === "src/main.ts" ? MAIN : w);
+  return words;
 }
 
 /** Runs the CLI to completion with the given args in `cwd`. */
@@ -48,10 +55,13 @@ async function run(args: string[], cwd: string, stdin?: string, env: Record<stri
 
 Deno.test("the start task's flags suffice to relay a message; no secret is printed", async () => {
   const dir = await Deno.makeTempDir({ prefix: "relay-start-" });
-  const sandbox = await startSandbox({
-    tokenPort: Number(new URL(SANDBOX_DEFAULTS.tokenUrl).port),
-    smtpPort: SANDBOX_DEFAULTS.smtpPort,
-  });
+  const sandbox = await startSandbox();
+  const ports: TaskPorts = {
+    smtp: freePort(),
+    metrics: freePort(),
+    sandboxToken: Number(new URL(sandbox.tokenUrl).port),
+    sandboxSmtp: sandbox.smtpPort,
+  };
   const [account] = makeAccounts(1);
   sandbox.addAccount(account);
   const hash = await import("../src/relay/password.ts").then((m) => m.hashPassword(PASSWORD));
@@ -61,7 +71,7 @@ Deno.test("the start task's flags suffice to relay a message; no secret is print
 export default defineConfig({
   accounts: [{
     email: "${account.email}",
-    provider: "sandbox",
+    provider: { type: "sandbox", tokenUrl: "${sandbox.tokenUrl}", smtpPort: ${sandbox.smtpPort} },
     clientId: "${account.clientId}",
     clientSecret: env("RELAY_TEST_CLIENT_SECRET"),
     refreshToken: env("RELAY_TEST_REFRESH_TOKEN"),
@@ -71,7 +81,7 @@ export default defineConfig({
 `,
   );
   const child = new Deno.Command(Deno.execPath(), {
-    args: [...await startTaskArgs(), "--log-format", "json", "--log-level", "debug"],
+    args: [...await startTaskArgs(ports), "--log-format", "json", "--log-level", "debug"],
     cwd: dir,
     clearEnv: true,
     env: {
@@ -96,7 +106,7 @@ export default defineConfig({
     await listening.promise;
     const client = nodemailer.createTransport({
       host: "127.0.0.1",
-      port: 2525,
+      port: ports.smtp,
       ignoreTLS: true,
       auth: { user: account.email, pass: PASSWORD },
     });
@@ -110,20 +120,20 @@ export default defineConfig({
     assert.equal(sandbox.received.length, 1);
     assert.ok(Buffer.from(sandbox.received[0].data).equals(Buffer.from(raw)));
 
-    const ready = await fetch("http://127.0.0.1:9090/readyz");
+    const ready = await fetch(`http://127.0.0.1:${ports.metrics}/readyz`);
     assert.equal(ready.status, 200);
     assert.deepEqual(await ready.json(), {
       ready: true,
       listening: true,
       accounts: { total: 1, ok: 1, failing: 0, needsReauth: 0 },
     });
-    const metrics = await (await fetch("http://127.0.0.1:9090/metrics")).text();
+    const metrics = await (await fetch(`http://127.0.0.1:${ports.metrics}/metrics`)).text();
     assert.match(metrics, /^smtp_relay_messages_total\{result="delivered"\} 1$/m);
     // Process gauges work under the start flags (prom-client's own read /proc: they would be 0).
     const rss = Number(metrics.match(/^process_resident_memory_bytes (\d+)/m)?.[1]);
     assert.ok(rss > 10_000_000, `rss ${rss}`);
     assert.match(metrics, /^smtp_relay_event_loop_lag_seconds \d/m);
-    assert.equal((await fetch("http://127.0.0.1:9090/healthz")).status, 200);
+    assert.equal((await fetch(`http://127.0.0.1:${ports.metrics}/healthz`)).status, 200);
     // The rotated refresh token went to ./state, readable only by the owner.
     const stored = await Deno.stat(`${dir}/state/tokens/${encodeURIComponent(account.email)}.json`);
     assert.equal(stored.mode! & 0o777, 0o600);

@@ -27,7 +27,7 @@ import {
   type TestAccount,
   until,
 } from "./harness.ts";
-import { RawSession } from "./ingress/raw_smtp.ts";
+import { RawSmtp } from "./smtp_client.ts";
 
 const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64");
 
@@ -253,7 +253,7 @@ Deno.test("no password, token, client secret or password hash in logs, metrics, 
       harness.client(account, { method, password });
     /** A raw session: every line sent, every reply line kept. */
     const raw = async (lines: string[]): Promise<string[]> => {
-      const s = await RawSession.open(harness.relay.smtp.port);
+      const s = await RawSmtp.open(harness.relay.smtp.port);
       try {
         await s.write(lines.map((l) => `${l}\r\n`).join(""));
         await s.waitClosed(15_000);
@@ -310,7 +310,7 @@ Deno.test("no password, token, client secret or password hash in logs, metrics, 
     ];
     for (const lines of rawLogins) await raw(lines);
     // A client that leaves in the middle of DATA (logged at debug level).
-    const leaver = await RawSession.open(harness.relay.smtp.port);
+    const leaver = await RawSmtp.open(harness.relay.smtp.port);
     try {
       await leaver.write(
         `EHLO client.test\r\nAUTH PLAIN ${plain0}\r\nMAIL FROM:<${a0.email}>\r\n` +
@@ -487,7 +487,7 @@ Deno.test("a password sent as the username is not logged", async () => {
     h = await startHarness();
     const a = h.accounts[0];
     const session = async (lines: string[]) => {
-      const s = await RawSession.open(h!.relay.smtp.port);
+      const s = await RawSmtp.open(h!.relay.smtp.port);
       try {
         await s.write(lines.map((l) => `${l}\r\n`).join(""));
         assert.ok(await s.waitClosed(15_000));

@@ -106,7 +106,7 @@ Deno.test("AUTH in plaintext from a non-loopback client: 538 5.7.11; after START
     assert.equal(secured.code, 235);
     assert.match((await transaction(c, h.accounts[0].email)).last, /^250 2\.0\.0 OK/);
   } finally {
-    c.close();
+    await c.close();
     await h.close();
     await Deno.remove(dir, { recursive: true });
   }
@@ -143,7 +143,7 @@ Deno.test("pipelined commands: every reply arrives, in order; EHLO + STARTTLS in
     assert.equal(h.sandbox.received.length, 1);
     assert.deepEqual(h.sandbox.received[0].to, ["a@example.net", "b@example.net"]);
   } finally {
-    c.close();
+    await c.close();
     await h.close();
     await Deno.remove(dir, { recursive: true });
   }
@@ -159,7 +159,7 @@ Deno.test("PROXY headers count only from configured proxies", async () => {
     // ... and the session is still the loopback client it is: AUTH in plaintext works.
     await c.command("EHLO client.example");
     assert.equal((await c.command(`AUTH PLAIN ${plain(h.accounts[0].email, PASSWORD)}`)).code, 235);
-    c.close();
+    await c.close();
   } finally {
     await h.close();
   }
@@ -177,13 +177,13 @@ Deno.test("early talkers: refused when untrusted, welcome from loopback", async 
     const first = await remote.client.reply();
     const second = first.code === 220 ? await remote.client.reply() : first;
     assert.match(second.last, /^421 .*You talk too soon/);
-    remote.client.close();
+    await remote.client.close();
     // A loopback client gets its greeting at once and may pipeline.
     const local = await RawSmtp.connect(h.relay.smtp.port, { proxy: "127.0.0.1", greeting: false });
     await local.client.send("EHLO early.example");
     assert.equal((await local.client.reply()).code, 220);
     assert.equal((await local.client.reply()).code, 250);
-    local.client.close();
+    await local.client.close();
   } finally {
     await h.close();
   }
@@ -224,7 +224,7 @@ Deno.test("trusted network: no AUTH, the account is chosen by MAIL FROM; HELO-on
     assert.equal((await c.command(`AUTH PLAIN ${plain("user1@example.com", PASSWORD)}`)).code, 235);
     assert.match((await transaction(c, "user1@example.com")).last, /^250 /);
   } finally {
-    c.close();
+    await c.close();
     await h.close();
   }
 });
@@ -244,12 +244,12 @@ Deno.test("sender policy for logged-in clients", async () => {
     );
     assert.match((await transaction(a, "sales@example.com")).last, /^250 /);
     assert.match((await transaction(a, "")).last, /^250 /);
-    a.close();
+    await a.close();
     const { client: b } = await RawSmtp.connect(h.relay.smtp.port);
     await b.command("EHLO c");
     await b.command(`AUTH PLAIN ${plain("user1@example.com", PASSWORD)}`);
     assert.match((await transaction(b, "newsletter@anything.example")).last, /^250 /);
-    b.close();
+    await b.close();
     assert.deepEqual(h.sandbox.received.map((m) => [m.user, m.from]), [
       ["user0@example.com", "sales@example.com"],
       ["user0@example.com", ""],
@@ -271,7 +271,7 @@ Deno.test("never an open relay", async (t) => {
       await client.command("EHLO attacker.example");
       return await steps(client);
     } finally {
-      client.close();
+      await client.close();
     }
   };
   try {
@@ -364,7 +364,7 @@ Deno.test("connection limits: per IP and overall, 421 4.7.0", async () => {
     open.push(fourth.client);
     assert.equal(fourth.greeting?.last, "421 4.7.0 Too many connections");
   } finally {
-    for (const c of open) c.close();
+    await Promise.all(open.map((c) => c.close()));
     await h.close();
   }
 });
@@ -394,7 +394,7 @@ Deno.test("authentication failures: tarpit, then 421 and disconnect; loopback is
     const locked = await c.command(good);
     assert.equal(locked.last, "421 4.7.0 Too many failed authentications, try again later");
     assert.ok(await c.closedByServer());
-    c.close();
+    await c.close();
     // Loopback clients share an address: their failures are tarpitted, never a lock-out.
     const { client: l } = await RawSmtp.connect(h.relay.smtp.port, { proxy: "127.0.0.1" });
     await l.command("EHLO c");
@@ -403,7 +403,7 @@ Deno.test("authentication failures: tarpit, then 421 and disconnect; loopback is
     assert.equal((await l.command(good)).code, 235);
     // 7 failures on this account by now: a tarpitted reply would wait >= 1.5 s.
     assert.ok(performance.now() - started < 1_000, "a correct login is never tarpitted");
-    l.close();
+    await l.close();
   } finally {
     await h.close();
   }
@@ -422,14 +422,14 @@ Deno.test("session limits: unauthenticated commands, long lines, total session t
       assert.equal((await c.command("NOOP")).code, 250);
       assert.equal((await c.command("NOOP")).code, 421);
       assert.ok(await c.closedByServer());
-      c.close();
+      await c.close();
     });
     await t.step("over-long command line", async () => {
       const { client: c } = await RawSmtp.connect(h.relay.smtp.port);
       const r = await c.command(`EHLO ${"x".repeat(600)}`);
       assert.equal(r.last, "421 Error: Command line too long");
       assert.ok(await c.closedByServer());
-      c.close();
+      await c.close();
     });
     await t.step("total session time", async () => {
       const { client: c } = await RawSmtp.connect(h.relay.smtp.port);
@@ -438,7 +438,7 @@ Deno.test("session limits: unauthenticated commands, long lines, total session t
       const r = await c.reply();
       assert.equal(r.last, "421 4.4.2 Session time limit exceeded, closing");
       assert.ok(await c.closedByServer());
-      c.close();
+      await c.close();
     });
     const m = await h.metrics();
     assert.match(m, /smtp_relay_ingress_refusals_total\{reason="session_timeout"\} 1/);

@@ -60,7 +60,7 @@ Deno.test("reload: accounts added, removed and changed; open sessions and in-fli
       (await s.command("MAIL FROM:<user1@example.com>")).last,
       "550 5.7.1 Account user1@example.com is no longer configured",
     );
-    s.close();
+    await s.close();
     h.sandbox.smtpFaults.replyDelayMs = 0;
     assert.match(await send(h, 1), /^535 5\.7\.8/); // removed: no login
     h.accounts.push(extra);
@@ -70,7 +70,7 @@ Deno.test("reload: accounts added, removed and changed; open sessions and in-fli
     await a.command("EHLO c");
     await a.command(`AUTH PLAIN ${plain("user0@example.com", PASSWORD)}`);
     assert.equal((await a.command("MAIL FROM:<alias0@example.com>")).code, 250); // changed
-    a.close();
+    await a.close();
     // The unchanged account kept its token: one refresh only.
     assert.equal(h.sandbox.stats.token.refreshesByEmail.get("user2@example.com"), 1);
     assert.equal(h.sandbox.received.length, 3);

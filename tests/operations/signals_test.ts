@@ -5,30 +5,35 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { fileURLToPath } from "node:url";
 import nodemailer, { type Transporter } from "nodemailer";
-import { startSandbox } from "../../src/sandbox/mod.ts";
-import { SANDBOX_DEFAULTS } from "../../src/config/providers.ts";
+import { type Sandbox, startSandbox } from "../../src/sandbox/mod.ts";
 import { hashPassword } from "../../src/relay/password.ts";
-import { makeAccounts, PASSWORD, rawMessage, type TestAccount } from "../harness.ts";
+import {
+  freePort,
+  makeAccounts,
+  PASSWORD,
+  rawMessage,
+  startTaskArgs,
+  type TaskPorts,
+  type TestAccount,
+  until,
+} from "../harness.ts";
 import { RawSmtp } from "../smtp_client.ts";
 
-const ROOT = new URL("../../", import.meta.url);
-const MAIN = fileURLToPath(new URL("src/main.ts", ROOT));
-const CONFIG_MOD = new URL("src/config/mod.ts", ROOT).href;
+const CONFIG_MOD = new URL("../../src/config/mod.ts", import.meta.url).href;
 
-async function startArgs(): Promise<string[]> {
-  const tasks = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT))).tasks;
-  return tasks.start.split(/\s+/).slice(1).map((w: string) => w === "src/main.ts" ? MAIN : w);
-}
-
-function configText(accounts: TestAccount[], hash: string, extra = ""): string {
+function configText(sandbox: Sandbox, accounts: TestAccount[], hash: string, extra = ""): string {
+  const provider = JSON.stringify({
+    type: "sandbox",
+    tokenUrl: sandbox.tokenUrl,
+    smtpPort: sandbox.smtpPort,
+  });
   return `import { defineConfig } from "${CONFIG_MOD}";
 export default defineConfig({
   shutdownTimeoutSeconds: 20,
   limits: { maxClients: 2000, maxConnectionsPerIp: 2000 },
   accounts: ${JSON.stringify(accounts)}.map((a) => ({
-    email: a.email, provider: "sandbox", clientId: a.clientId, clientSecret: a.clientSecret,
+    email: a.email, provider: ${provider}, clientId: a.clientId, clientSecret: a.clientSecret,
     refreshToken: a.refreshToken, passwordHash: "${hash}", maxConnections: 10,
   })),${extra}
 });
@@ -37,16 +42,19 @@ export default defineConfig({
 
 Deno.test("SIGHUP reloads (a bad config keeps the old); SIGTERM drains without losing or duplicating", async () => {
   const dir = await Deno.makeTempDir({ prefix: "relay-signals-" });
-  const sandbox = await startSandbox({
-    tokenPort: Number(new URL(SANDBOX_DEFAULTS.tokenUrl).port),
-    smtpPort: SANDBOX_DEFAULTS.smtpPort,
-  });
+  const sandbox = await startSandbox();
+  const ports: TaskPorts = {
+    smtp: freePort(),
+    metrics: freePort(),
+    sandboxToken: Number(new URL(sandbox.tokenUrl).port),
+    sandboxSmtp: sandbox.smtpPort,
+  };
   const accounts = makeAccounts(2);
   for (const a of accounts) sandbox.addAccount(a);
   const hash = await hashPassword(PASSWORD);
-  await Deno.writeTextFile(`${dir}/accounts.ts`, configText([accounts[0]], hash));
+  await Deno.writeTextFile(`${dir}/accounts.ts`, configText(sandbox, [accounts[0]], hash));
   const child = new Deno.Command(Deno.execPath(), {
-    args: [...await startArgs(), "--log-format", "json"],
+    args: [...await startTaskArgs(ports), "--log-format", "json"],
     cwd: dir,
     stdin: "null",
     stdout: "null",
@@ -70,7 +78,7 @@ Deno.test("SIGHUP reloads (a bad config keeps the old); SIGTERM drains without l
   const send = async (a: TestAccount, id: string) => {
     const t = nodemailer.createTransport({
       host: "127.0.0.1",
-      port: 2525,
+      port: ports.smtp,
       ignoreTLS: true,
       auth: { user: a.email, pass: PASSWORD },
       connectionTimeout: 20_000,
@@ -97,27 +105,30 @@ Deno.test("SIGHUP reloads (a bad config keeps the old); SIGTERM drains without l
     assert.match(await send(accounts[0], "first"), /^250 /);
 
     // A config with a mistake: logged, the old one stays.
-    await Deno.writeTextFile(`${dir}/accounts.ts`, configText(accounts, hash, "\n  colour: 1,"));
+    await Deno.writeTextFile(
+      `${dir}/accounts.ts`,
+      configText(sandbox, accounts, hash, "\n  colour: 1,"),
+    );
     child.kill("SIGHUP");
     await waitFor("reload failed");
     assert.match(log, /colour: unknown field/);
     assert.match(await send(accounts[1], "refused"), /^535 /);
 
     // Fixed: the second account arrives without a restart.
-    await Deno.writeTextFile(`${dir}/accounts.ts`, configText(accounts, hash));
+    await Deno.writeTextFile(`${dir}/accounts.ts`, configText(sandbox, accounts, hash));
     child.kill("SIGHUP");
     await waitFor("configuration reloaded");
     assert.match(await send(accounts[1], "second"), /^250 /);
 
     // 200 messages in flight, then SIGTERM.
     sandbox.smtpFaults.replyDelayMs = 30;
-    const idle = await RawSmtp.connect(2525);
+    const idle = await RawSmtp.connect(ports.smtp);
     const results = Array.from({ length: 200 }, (_, i) => send(accounts[i % 2], `m${i}`));
-    while (sandbox.received.length < 20) await new Promise((ok) => setTimeout(ok, 10));
+    assert.ok(await until(() => sandbox.received.length >= 20, 20_000), "20 delivered in flight");
     child.kill("SIGTERM");
     const idleReply = await idle.client.reply();
     assert.equal(idleReply.last, "421 4.3.2 Service shutting down, try again later");
-    idle.client.close();
+    await idle.client.close();
     const replies = await Promise.all(results);
     status = await child.status;
 

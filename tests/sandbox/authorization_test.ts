@@ -6,32 +6,13 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { type Sandbox, startSandbox } from "../../src/sandbox/mod.ts";
+import type { Sandbox } from "../../src/sandbox/mod.ts";
+import { CLIENT_ID, CLIENT_SECRET, USER, withSandbox } from "../sandbox_helpers.ts";
 
-const USER = "alice@example.test";
-const CLIENT_ID = "sandbox-client";
-const CLIENT_SECRET = "sandbox-secret";
 const DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
 
-/** Runs `fn` against a fresh sandbox with one confidential-client account. */
-function withSandbox(fn: (sandbox: Sandbox) => Promise<void>): () => Promise<void> {
-  return async () => {
-    const sandbox = await startSandbox({
-      accounts: [{
-        email: USER,
-        clientId: CLIENT_ID,
-        clientSecret: CLIENT_SECRET,
-        refreshToken: "refresh-0",
-      }],
-    });
-    sandbox.tokens.deviceIntervalSeconds = 1;
-    try {
-      await fn(sandbox);
-    } finally {
-      await sandbox.close();
-    }
-  };
-}
+/** The sandbox asks device-code clients to poll every second (its default is longer). */
+const POLL_EVERY_SECOND = { deviceIntervalSeconds: 1 };
 
 /** POSTs a form with the client's credentials in the body; parses the JSON answer. */
 async function post(url: string, form: Record<string, string>, secret = CLIENT_SECRET) {
@@ -102,7 +83,7 @@ Deno.test(
       refresh_token: "refresh-0",
     });
     assert.equal(old.body.error, "invalid_grant");
-  }),
+  }, POLL_EVERY_SECOND),
 );
 
 Deno.test(
@@ -122,7 +103,7 @@ Deno.test(
     const wrong = await post(sandbox.deviceCodeUrl, {}, "wrong-secret");
     assert.equal(wrong.status, 401);
     assert.equal(wrong.body.error, "invalid_client");
-  }),
+  }, POLL_EVERY_SECOND),
 );
 
 Deno.test(
@@ -136,7 +117,7 @@ Deno.test(
     const unknown = await fetch(`${device.verification_uri}?user_code=NOPE-NOPE`);
     assert.equal(unknown.status, 400);
     await unknown.body?.cancel();
-  }),
+  }, POLL_EVERY_SECOND),
 );
 
 /** PKCE S256 pair. */
@@ -202,7 +183,7 @@ Deno.test(
     const granted = await exchange({ code: code3 });
     assert.equal(granted.status, 200);
     assert.equal(granted.body.refresh_token, sandbox.tokens.currentRefreshToken(USER));
-  }),
+  }, POLL_EVERY_SECOND),
 );
 
 Deno.test(
@@ -239,5 +220,5 @@ Deno.test(
     assert.equal(await redirected({}), "access_denied");
     sandbox.tokens.denyAuthorizations = false;
     assert.equal(await redirected({}), null);
-  }),
+  }, POLL_EVERY_SECOND),
 );

@@ -1,49 +1,22 @@
 /**
  * Real-socket tests of the sandbox provider: fetch against the token endpoint,
- * nodemailer (and a tiny raw client) against the SMTP server.
+ * nodemailer (and the tests' raw client) against the SMTP server.
  *
  * deno test --allow-net=127.0.0.1,localhost --allow-read --allow-env tests/sandbox
  */
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import net from "node:net";
 import nodemailer from "nodemailer";
 import {
   type Sandbox,
   SANDBOX_CA_PEM,
   SandboxSmtpServer,
-  startSandbox,
   TokenEndpoint,
 } from "../../src/sandbox/mod.ts";
-
-const USER = "alice@example.test";
-const CLIENT_ID = "sandbox-client";
-const CLIENT_SECRET = "sandbox-secret";
-const FIRST_REFRESH = "refresh-0";
-
-/** Runs `fn` against a fresh sandbox with one confidential-client account. */
-function withSandbox(
-  fn: (sandbox: Sandbox) => Promise<void>,
-  options: { rotateRefreshTokens?: boolean } = {},
-): () => Promise<void> {
-  return async () => {
-    const sandbox = await startSandbox({
-      ...options,
-      accounts: [{
-        email: USER,
-        clientId: CLIENT_ID,
-        clientSecret: CLIENT_SECRET,
-        refreshToken: FIRST_REFRESH,
-      }],
-    });
-    try {
-      await fn(sandbox);
-    } finally {
-      await sandbox.close();
-    }
-  };
-}
+import { CLIENT_ID, CLIENT_SECRET, FIRST_REFRESH, USER, withSandbox } from "../sandbox_helpers.ts";
+import { never, until } from "../harness.ts";
+import { RawSmtp } from "../smtp_client.ts";
 
 interface TokenReply {
   status: number;
@@ -136,45 +109,6 @@ async function failure(
     return error as Error & Record<string, unknown>;
   }
   throw new assert.AssertionError({ message: "expected a failure" });
-}
-
-/** A plain-text SMTP client that returns each full reply. */
-async function rawClient(port: number) {
-  const socket = net.connect(port, "127.0.0.1");
-  let buffered = "";
-  let waiting: (() => void) | undefined;
-  socket.setEncoding("utf8");
-  socket.on("data", (chunk: string) => {
-    buffered += chunk;
-    waiting?.();
-  });
-  const closed = new Promise<void>((resolve) =>
-    socket.once("close", () => {
-      waiting?.();
-      resolve();
-    })
-  );
-  const reply = async (): Promise<string> => {
-    while (!/(^|\r\n)\d{3} [^\r\n]*\r\n$/.test(buffered)) {
-      if (socket.destroyed) throw new Error(`closed after: ${buffered}`);
-      await new Promise<void>((resolve) => waiting = resolve);
-    }
-    const text = buffered;
-    buffered = "";
-    return text;
-  };
-  await new Promise((resolve) => socket.once("connect", resolve));
-  return {
-    greeting: await reply(),
-    command(line: string): Promise<string> {
-      socket.write(line + "\r\n");
-      return reply();
-    },
-    close(): Promise<void> {
-      socket.destroy();
-      return closed;
-    },
-  };
 }
 
 // ---------------------------------------------------------------- token endpoint
@@ -319,6 +253,7 @@ Deno.test(
     assert.equal(timedOut.name, "TimeoutError");
 
     let settled = false;
+    const before = sandbox.stats.token.requests;
     const pending = fetch(sandbox.tokenUrl, { method: "POST" }).then(
       async (response) => {
         settled = true;
@@ -329,8 +264,9 @@ Deno.test(
         return String(error);
       },
     );
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    assert.equal(settled, false);
+    // The request is in (counted before the hang), then no answer comes for 300 ms.
+    assert.ok(await until(() => sandbox.stats.token.requests > before), "request not received");
+    assert.ok(await never(() => settled, { forMs: 300 }), "a hanging request was answered");
     await sandbox.close(); // withSandbox closes again: close() is idempotent
     assert.match(await pending, /^503 /);
   }),
@@ -385,9 +321,9 @@ Deno.test(
 Deno.test(
   "smtp: EHLO features; AUTH before STARTTLS and MAIL before AUTH get 530",
   withSandbox(async (sandbox) => {
-    const client = await rawClient(sandbox.smtpPort);
+    const { client, greeting } = await RawSmtp.connect(sandbox.smtpPort);
     try {
-      assert.match(client.greeting, /^220 sandbox\.localhost ESMTP/);
+      assert.match(greeting!.lines[0], /^220 sandbox\.localhost ESMTP/);
       const ehlo = await client.command("EHLO client.test");
       for (
         const feature of [
@@ -399,18 +335,19 @@ Deno.test(
           "SIZE 52428800",
         ]
       ) {
-        assert.match(ehlo, new RegExp(`^250[ -]${feature}\\r$`, "m"));
+        const line = new RegExp(`^250[ -]${feature}$`);
+        assert.ok(ehlo.lines.some((l) => line.test(l)), `${feature} in ${ehlo.lines.join(" | ")}`);
       }
       const token = Buffer.from(
         `user=${USER}\x01auth=Bearer ${await accessToken(sandbox)}\x01\x01`,
       ).toString("base64");
-      assert.equal(
-        await client.command(`AUTH XOAUTH2 ${token}`),
-        "530 5.7.0 Must issue a STARTTLS command first\r\n",
+      assert.deepEqual(
+        (await client.command(`AUTH XOAUTH2 ${token}`)).lines,
+        ["530 5.7.0 Must issue a STARTTLS command first"],
       );
-      assert.equal(
-        await client.command(`MAIL FROM:<${USER}>`),
-        "530 5.7.0 Authentication Required\r\n",
+      assert.deepEqual(
+        (await client.command(`MAIL FROM:<${USER}>`)).lines,
+        ["530 5.7.0 Authentication Required"],
       );
     } finally {
       await client.close();
@@ -643,7 +580,7 @@ Deno.test(
 Deno.test(
   "sandbox: close() drops open SMTP sessions with 421",
   withSandbox(async (sandbox) => {
-    const client = await rawClient(sandbox.smtpPort);
+    const { client } = await RawSmtp.connect(sandbox.smtpPort);
     await client.command("EHLO client.test");
     assert.equal(sandbox.smtp.openConnections, 1);
     await sandbox.close();

@@ -9,9 +9,9 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { parseConfig } from "../src/config/load.ts";
-import { startRelay } from "../src/app.ts";
-import { hashPassword } from "../src/relay/password.ts";
+import { parseConfig } from "../../src/config/load.ts";
+import { startRelay } from "../../src/app.ts";
+import { hashPassword } from "../../src/relay/password.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

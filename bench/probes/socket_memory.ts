@@ -12,8 +12,8 @@
 import net from "node:net";
 import tls from "node:tls";
 import { parseArgs } from "node:util";
-import { SANDBOX_CA_PEM, SANDBOX_CERT_PEM, SANDBOX_KEY_PEM } from "../src/sandbox/tls.ts";
-import { denoBinary } from "./child.ts";
+import { SANDBOX_CA_PEM, SANDBOX_CERT_PEM, SANDBOX_KEY_PEM } from "../../src/sandbox/tls.ts";
+import { denoBinary } from "../child.ts";
 
 const MB = 1024 * 1024;
 

@@ -14,8 +14,9 @@ if (
       .WorkerGlobalScope !== "undefined"
 ) {
   // Inside the worker: answer every message.
-  self.onmessage = (e: MessageEvent<{ id: number }>) => {
-    (self as unknown as Worker).postMessage({ id: e.data.id, code: 250 });
+  const scope = self as unknown as Worker;
+  scope.onmessage = (e: MessageEvent<{ id: number }>) => {
+    scope.postMessage({ id: e.data.id, code: 250 });
   };
 } else {
   const worker = new Worker(import.meta.url, { type: "module" });
