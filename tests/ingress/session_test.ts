@@ -122,7 +122,7 @@ Deno.test("session: one transaction calls the backend in order, with the exact b
     await c.send("Subject: s\r\n\r\n..dot\r\nline\r\n.");
     assert.equal((await c.reply()).last, "250 2.0.0 OK queued");
     assert.equal((await c.command("QUIT")).code, 221);
-    c.close();
+    await c.close();
     assert.ok(await until(() => backend.logouts === 1));
     assert.deepEqual(backend.calls, [
       "newSession 127.0.0.1 trusted=false",
@@ -148,7 +148,7 @@ Deno.test("session: RSET resets the transaction; a client that vanishes mid-tran
     await c.command("RCPT TO:<b@example.net>");
     assert.equal((await c.command("RSET")).code, 250);
     await c.command("MAIL FROM:<a@example.com>");
-    c.close(); // gone, no QUIT
+    await c.close(); // gone, no QUIT
     assert.ok(await until(() => backend.logouts === 1));
     assert.deepEqual(backend.calls.slice(3), [
       "mail <a@example.com> authenticated=true",
@@ -181,7 +181,7 @@ Deno.test("session: each stage's refusal reaches the client as the backend worde
     await c.command("DATA");
     await c.send("x\r\n.");
     assert.equal((await c.reply()).last, "451 4.4.1 Provider unreachable, try again later");
-    c.close();
+    await c.close();
 
     backend.script.auth = false;
     c = (await RawSmtp.connect(port)).client;
@@ -190,7 +190,7 @@ Deno.test("session: each stage's refusal reaches the client as the backend worde
       (await c.command(`AUTH PLAIN ${plain("a@example.com", "wrong")}`)).last,
       "535 5.7.8 Authentication credentials invalid",
     );
-    c.close();
+    await c.close();
   });
 });
 
@@ -204,7 +204,7 @@ Deno.test("session: a backend that throws at any stage gives a precise 4xx and t
       (await c.command(`AUTH PLAIN ${plain("a@example.com", "pw")}`)).last,
       "454 4.7.0 Temporary authentication failure",
     );
-    c.close();
+    await c.close();
     backend.script.auth = undefined;
 
     for (const stage of ["mail", "rcpt", "data"] as const) {
@@ -219,7 +219,7 @@ Deno.test("session: a backend that throws at any stage gives a precise 4xx and t
         last = await c.reply();
       }
       assert.equal(last.last, "451 4.3.0 Local error in processing, try again later", stage);
-      c.close();
+      await c.close();
       backend.script[stage] = undefined;
     }
 
@@ -231,7 +231,7 @@ Deno.test("session: a backend that throws at any stage gives a precise 4xx and t
     // Still serving.
     c = await loggedIn(port);
     assert.equal((await c.command("MAIL FROM:<a@example.com>")).code, 250);
-    c.close();
+    await c.close();
   });
 });
 
@@ -240,7 +240,7 @@ Deno.test("session: trusted-network clients reach MAIL unauthenticated; others g
     const { client: c } = await RawSmtp.connect(ingress.addresses[0].port);
     await c.command("EHLO c");
     assert.equal((await c.command("MAIL FROM:<p@printers.example>")).code, 250);
-    c.close();
+    await c.close();
     assert.ok(backend.calls.includes("newSession 127.0.0.1 trusted=true"));
     assert.ok(backend.calls.includes("mail <p@printers.example> authenticated=false"));
   }, ["127.0.0.0/8"]);
@@ -251,7 +251,7 @@ Deno.test("session: trusted-network clients reach MAIL unauthenticated; others g
       (await c.command("MAIL FROM:<p@printers.example>")).last,
       "530 5.7.0 Authentication required",
     );
-    c.close();
+    await c.close();
     assert.ok(!backend.calls.some((call) => call.startsWith("mail")));
   });
 });

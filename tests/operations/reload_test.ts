@@ -41,7 +41,7 @@ async function handshakeTrusting(port: number, ca: string): Promise<boolean> {
   } catch {
     return false;
   } finally {
-    client.close();
+    await client.close();
   }
 }
 
@@ -85,7 +85,7 @@ Deno.test("reload: smtp.name needs a restart and keeps its value everywhere (ups
     ]);
     const { client, greeting } = await RawSmtp.connect(h.relay.smtp.port);
     assert.match(greeting!.last, /^220 relay-a\.test /);
-    client.close();
+    await client.close();
     assert.match(await send(h), /^250 /);
     assert.equal(h.sandbox.received.length, 1);
     assert.equal(h.sandbox.received[0].ehlo, "relay-a.test");
@@ -115,7 +115,7 @@ Deno.test("reload: quota use by a session that began before the reload is counte
     assert.equal((await s.command("DATA")).code, 354);
     await s.send("Subject: begun before the reload\r\n\r\nbody\r\n.");
     assert.match((await s.reply()).last, /^250 2\.0\.0 OK/);
-    s.close();
+    await s.close();
 
     // One message of the two per minute is spent: one more fits, the next does not.
     assert.match(await send(h), /^250 /);
