@@ -8,6 +8,7 @@
  * @module
  */
 import * as oauth from "oauth4webapi";
+import { clip } from "../text.ts";
 
 /** The OAuth2 client and token endpoint an authorization is for. */
 export interface AuthorizeClient {
@@ -488,10 +489,4 @@ function text(status: number, body: string): Response {
     status,
     headers: { "content-type": "text/plain;charset=UTF-8", "cache-control": "no-store" },
   });
-}
-
-/** One line, at most 200 characters. */
-function clip(line: string): string {
-  const one = line.replace(/\s+/g, " ").trim();
-  return one.length > 200 ? `${one.slice(0, 197)}...` : one;
 }

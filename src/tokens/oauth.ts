@@ -6,6 +6,7 @@
  * @module
  */
 import * as oauth from "oauth4webapi";
+import { clip } from "../text.ts";
 
 /** An OAuth2 client registered at one token endpoint. */
 export interface OAuthClient {
@@ -177,10 +178,4 @@ function toTokenError(
   }
   const message = err instanceof Error ? err.message : String(err);
   return new TokenError(`failed${status}: ${clip(message)}`, "transient", undefined, retry);
-}
-
-/** One line, at most 200 characters. */
-function clip(text: string): string {
-  const line = text.replace(/\s+/g, " ").trim();
-  return line.length > 200 ? `${line.slice(0, 197)}...` : line;
 }
