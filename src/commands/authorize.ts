@@ -10,13 +10,13 @@ import { parseArgs } from "node:util";
 import type { AccountConfig, RelayConfig } from "../config/load.ts";
 import type { ProviderEndpoints } from "../config/providers.ts";
 import {
-  type AuthorizeClient,
   AuthorizeError,
   type AuthorizeResult,
   authorizeWithDeviceCode,
   authorizeWithPkce,
 } from "../tokens/authorize.ts";
 import { fingerprint } from "../tokens/manager.ts";
+import type { OAuthClient } from "../tokens/oauth.ts";
 import { FileTokenStore } from "../tokens/store.ts";
 import { upstreamTarget } from "../accounts.ts";
 import { describeResult, UpstreamPool } from "../upstream/pool.ts";
@@ -167,7 +167,7 @@ function other(flow: AuthorizeFlow): AuthorizeFlow {
   return flow === "device" ? "pkce" : "device";
 }
 
-function clientOf(account: AccountConfig): AuthorizeClient {
+function clientOf(account: AccountConfig): OAuthClient {
   return {
     tokenUrl: account.provider.tokenUrl,
     clientId: account.clientId,

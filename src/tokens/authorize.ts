@@ -9,18 +9,7 @@
  */
 import * as oauth from "oauth4webapi";
 import { clip } from "../text.ts";
-
-/** The OAuth2 client and token endpoint an authorization is for. */
-export interface AuthorizeClient {
-  /** Token endpoint URL. */
-  readonly tokenUrl: string;
-  /** Client id. */
-  readonly clientId: string;
-  /** Client secret; absent for public clients. */
-  readonly clientSecret?: string;
-  /** Scope to ask for (must yield a refresh token, e.g. `offline_access` at Microsoft). */
-  readonly scope: string;
-}
+import type { OAuthClient } from "./oauth.ts";
 
 /** Time, injectable so tests need not wait real seconds. */
 export interface Timing {
@@ -90,7 +79,7 @@ export interface DevicePrompt {
 /** Options of {@link authorizeWithDeviceCode}. */
 export interface DeviceCodeOptions {
   /** Client and token endpoint. */
-  readonly client: AuthorizeClient;
+  readonly client: OAuthClient;
   /** Device authorization endpoint. */
   readonly deviceCodeUrl: string;
   /** Called once with the code and URL to show the user. */
@@ -166,7 +155,7 @@ export async function authorizeWithDeviceCode(o: DeviceCodeOptions): Promise<Aut
 /** Options of {@link authorizeWithPkce}. */
 export interface PkceOptions {
   /** Client and token endpoint. */
-  readonly client: AuthorizeClient;
+  readonly client: OAuthClient;
   /** Authorization endpoint the user opens in a browser. */
   readonly authorizeUrl: string;
   /**
@@ -369,7 +358,7 @@ interface Context {
 }
 
 function context(
-  client: AuthorizeClient,
+  client: OAuthClient,
   otherUrl: string,
   issuer: string | undefined,
   requestTimeoutMs = 15_000,

@@ -8,15 +8,21 @@
 import * as oauth from "oauth4webapi";
 import { clip } from "../text.ts";
 
-/** An OAuth2 client registered at one token endpoint. */
+/**
+ * An OAuth2 client registered at one token endpoint: what the refresh grant and the
+ * interactive authorization flows (`authorize.ts`) both need.
+ */
 export interface OAuthClient {
   /** Token endpoint URL. */
   readonly tokenUrl: string;
   /** Client id. */
   readonly clientId: string;
-  /** Client secret; absent for public clients. */
+  /** Client secret (a secret: never logged); absent for public clients. */
   readonly clientSecret?: string;
-  /** Scope to request with every refresh. */
+  /**
+   * Scope to ask for with every grant; for authorization it must yield a refresh token
+   * (`offline_access` at Microsoft).
+   */
   readonly scope: string;
 }
 
