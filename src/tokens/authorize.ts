@@ -9,33 +9,8 @@
  */
 import * as oauth from "oauth4webapi";
 import { clip } from "../text.ts";
+import { REAL_TIMING, type Timing } from "./clock.ts";
 import type { OAuthClient } from "./oauth.ts";
-
-/** Time, injectable so tests need not wait real seconds. */
-export interface Timing {
-  /** Milliseconds since the epoch. */
-  now(): number;
-  /** Resolves after `ms`; rejects with the signal's reason once `signal` aborts. */
-  sleep(ms: number, signal?: AbortSignal): Promise<void>;
-}
-
-/** Wall-clock time and real timers. */
-export const REAL_TIMING: Timing = {
-  now: () => Date.now(),
-  sleep: (ms, signal) =>
-    new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason);
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal!.reason);
-      };
-      const timer = setTimeout(() => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      }, ms);
-      signal?.addEventListener("abort", onAbort, { once: true });
-    }),
-};
 
 /** What a successful authorization yields. */
 export interface AuthorizeResult {

@@ -10,8 +10,8 @@ import {
   authorizeWithDeviceCode,
   authorizeWithPkce,
   type DevicePrompt,
-  type Timing,
 } from "../../src/tokens/authorize.ts";
+import type { Timing } from "../../src/tokens/clock.ts";
 import type { OAuthClient } from "../../src/tokens/oauth.ts";
 
 const USER = "alice@example.test";
