@@ -17,7 +17,7 @@ import {
 } from "../tokens/authorize.ts";
 import { fingerprint } from "../tokens/manager.ts";
 import type { OAuthClient } from "../tokens/oauth.ts";
-import { FileTokenStore } from "../tokens/store.ts";
+import { FileTokenStore, replaceToken } from "../tokens/store.ts";
 import { upstreamTarget } from "../accounts.ts";
 import { describeResult, UpstreamPool } from "../upstream/pool.ts";
 import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
@@ -62,6 +62,7 @@ export async function authorizeCommand(args: string[]): Promise<number> {
   try {
     // Fail before the user signs in if the token could not be stored afterwards.
     await Deno.mkdir(join(config.stateDir, "tokens"), { recursive: true, mode: 0o700 });
+    await store.load(account.email);
     result = flow === "device" ? await viaDeviceCode(account) : await viaPkce(account, port);
     // A token for another mailbox (the browser was signed in as someone else) must not
     // replace one that works: log in to the provider's SMTP with it first.
@@ -80,7 +81,9 @@ export async function authorizeCommand(args: string[]): Promise<number> {
           "storing the token anyway. Check it with: deno task start check --smtp",
       );
     }
-    await store.save(account.email, {
+    // The operator's new grant wins over whatever is stored (a running relay that
+    // rotated the old grant meanwhile loses its compare-and-set and adopts this one).
+    await replaceToken(store, account.email, {
       refreshToken: result.refreshToken,
       configFingerprint: fingerprint(account.refreshToken),
       updatedAt: new Date().toISOString(),

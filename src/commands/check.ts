@@ -8,7 +8,7 @@ import { parseArgs } from "node:util";
 import { accountTokens, upstreamTarget } from "../accounts.ts";
 import type { AccountConfig, RelayConfig } from "../config/load.ts";
 import { TokenError } from "../tokens/oauth.ts";
-import { FileTokenStore } from "../tokens/store.ts";
+import { FileTokenStore, type RefreshTokenStore } from "../tokens/store.ts";
 import { describeResult, UpstreamPool } from "../upstream/pool.ts";
 import { EXIT_USAGE, loadConfigOrReport, renderTable, UsageError } from "./common.ts";
 import { smtpHint, tokenHint } from "./hints.ts";
@@ -36,7 +36,7 @@ export interface AccountCheck {
 export async function checkAccount(
   config: RelayConfig,
   a: AccountConfig,
-  store: FileTokenStore,
+  store: RefreshTokenStore,
   smtp: boolean,
 ): Promise<AccountCheck> {
   const base = { account: a.email, provider: a.provider.kind };
