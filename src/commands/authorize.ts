@@ -267,8 +267,8 @@ function report(
     );
   }
   console.log(
-    "A running relay picks the token up the next time the account needs re-authorization; " +
-      "otherwise at its next start.",
+    "A running relay uses it from the account's next token refresh (an account in " +
+      "needs_reauth is retried within tokens.reauthRecheckSeconds).",
   );
   if (token !== undefined) console.log(`refresh token (secret): ${token}`);
 }
