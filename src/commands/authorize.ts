@@ -10,14 +10,14 @@ import { parseArgs } from "node:util";
 import type { AccountConfig, RelayConfig } from "../config/load.ts";
 import type { ProviderEndpoints } from "../config/providers.ts";
 import {
-  type AuthorizeClient,
   AuthorizeError,
   type AuthorizeResult,
   authorizeWithDeviceCode,
   authorizeWithPkce,
 } from "../tokens/authorize.ts";
 import { fingerprint } from "../tokens/manager.ts";
-import { FileTokenStore } from "../tokens/store.ts";
+import type { OAuthClient } from "../tokens/oauth.ts";
+import { FileTokenStore, replaceToken } from "../tokens/store.ts";
 import { upstreamTarget } from "../accounts.ts";
 import { describeResult, UpstreamPool } from "../upstream/pool.ts";
 import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
@@ -62,6 +62,7 @@ export async function authorizeCommand(args: string[]): Promise<number> {
   try {
     // Fail before the user signs in if the token could not be stored afterwards.
     await Deno.mkdir(join(config.stateDir, "tokens"), { recursive: true, mode: 0o700 });
+    await store.load(account.email);
     result = flow === "device" ? await viaDeviceCode(account) : await viaPkce(account, port);
     // A token for another mailbox (the browser was signed in as someone else) must not
     // replace one that works: log in to the provider's SMTP with it first.
@@ -80,7 +81,9 @@ export async function authorizeCommand(args: string[]): Promise<number> {
           "storing the token anyway. Check it with: deno task start check --smtp",
       );
     }
-    await store.save(account.email, {
+    // The operator's new grant wins over whatever is stored (a running relay that
+    // rotated the old grant meanwhile loses its compare-and-set and adopts this one).
+    await replaceToken(store, account.email, {
       refreshToken: result.refreshToken,
       configFingerprint: fingerprint(account.refreshToken),
       updatedAt: new Date().toISOString(),
@@ -167,7 +170,7 @@ function other(flow: AuthorizeFlow): AuthorizeFlow {
   return flow === "device" ? "pkce" : "device";
 }
 
-function clientOf(account: AccountConfig): AuthorizeClient {
+function clientOf(account: AccountConfig): OAuthClient {
   return {
     tokenUrl: account.provider.tokenUrl,
     clientId: account.clientId,
@@ -264,8 +267,8 @@ function report(
     );
   }
   console.log(
-    "A running relay picks the token up the next time the account needs re-authorization; " +
-      "otherwise at its next start.",
+    "A running relay uses it from the account's next token refresh (an account in " +
+      "needs_reauth is retried within tokens.reauthRecheckSeconds).",
   );
   if (token !== undefined) console.log(`refresh token (secret): ${token}`);
 }

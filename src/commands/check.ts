@@ -8,9 +8,9 @@ import { parseArgs } from "node:util";
 import { accountTokens, upstreamTarget } from "../accounts.ts";
 import type { AccountConfig, RelayConfig } from "../config/load.ts";
 import { TokenError } from "../tokens/oauth.ts";
-import { FileTokenStore } from "../tokens/store.ts";
+import { FileTokenStore, type RefreshTokenStore } from "../tokens/store.ts";
 import { describeResult, UpstreamPool } from "../upstream/pool.ts";
-import { EXIT_USAGE, loadConfigOrReport, UsageError } from "./common.ts";
+import { EXIT_USAGE, loadConfigOrReport, renderTable, UsageError } from "./common.ts";
 import { smtpHint, tokenHint } from "./hints.ts";
 
 /** Usage line of this command. */
@@ -36,7 +36,7 @@ export interface AccountCheck {
 export async function checkAccount(
   config: RelayConfig,
   a: AccountConfig,
-  store: FileTokenStore,
+  store: RefreshTokenStore,
   smtp: boolean,
 ): Promise<AccountCheck> {
   const base = { account: a.email, provider: a.provider.kind };
@@ -121,17 +121,14 @@ function progressLine(total: number): (done: number) => void {
 
 /** A plain-text table; failures get their error and hint on the lines below. */
 export function table(results: readonly AccountCheck[]): string {
-  const header = ["ACCOUNT", "PROVIDER", "TOKEN", "SMTP"];
-  const rows = results.map((r) => [r.account, r.provider, r.token, r.smtp]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
-  const out = [line(header)];
-  results.forEach((r, i) => {
-    out.push(line(rows[i]));
-    if (r.error) out.push(`    error: ${r.error}`);
-    if (r.hint) out.push(`    hint:  ${r.hint}`);
-  });
+  const rows = results.map((r) => ({
+    cells: [r.account, r.provider, r.token, r.smtp],
+    notes: [
+      ...(r.error ? [`error: ${r.error}`] : []),
+      ...(r.hint ? [`hint:  ${r.hint}`] : []),
+    ],
+  }));
   const failed = results.filter((r) => r.token === "failed" || r.smtp === "failed").length;
-  out.push("", `${results.length - failed} ok, ${failed} failed`);
-  return out.join("\n");
+  const summary = `${results.length - failed} ok, ${failed} failed`;
+  return `${renderTable(["ACCOUNT", "PROVIDER", "TOKEN", "SMTP"], rows)}\n\n${summary}`;
 }

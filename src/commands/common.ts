@@ -1,6 +1,6 @@
 /**
- * Helpers shared by the commands: usage errors and config loading with the
- * "exit 2, one line per problem" contract.
+ * Helpers shared by the commands: usage errors, config loading with the
+ * "exit 2, one line per problem" contract, and plain-text tables.
  * @module
  */
 import { ConfigError, loadConfig, type RelayConfig } from "../config/load.ts";
@@ -34,4 +34,29 @@ export async function loadConfigOrReport(path: string): Promise<RelayConfig | un
     for (const p of err.problems) console.error(`  ${p}`);
     return undefined;
   }
+}
+
+/** One row of a {@link renderTable} table, with lines to print under it. */
+export interface TableRow {
+  /** One cell per column. */
+  readonly cells: readonly string[];
+  /** Printed below the row, indented by four spaces (errors, hints). */
+  readonly notes?: readonly string[];
+}
+
+/**
+ * A plain-text table: a header line, then one line per row with its notes below it.
+ * Columns are as wide as their widest cell and two spaces apart; lines carry no trailing
+ * blanks.
+ */
+export function renderTable(header: readonly string[], rows: readonly TableRow[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r.cells[i].length)));
+  const line = (cells: readonly string[]) =>
+    cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  const out = [line(header)];
+  for (const row of rows) {
+    out.push(line(row.cells));
+    for (const note of row.notes ?? []) out.push(`    ${note}`);
+  }
+  return out.join("\n");
 }

@@ -7,7 +7,7 @@ import { parseArgs } from "node:util";
 import type { AccountStatus } from "../accounts.ts";
 import { adminToken } from "../app.ts";
 import { DEFAULTS } from "../config/defaults.ts";
-import { UsageError } from "./common.ts";
+import { renderTable, UsageError } from "./common.ts";
 
 /** Usage line of this command. */
 export const STATUS_USAGE = "status [--url http://127.0.0.1:9090] [--json]";
@@ -50,21 +50,19 @@ export async function statusCommand(args: string[]): Promise<number> {
 export function statusTable(accounts: readonly AccountStatus[]): string {
   const limit = (used: number, max: number) => max > 0 ? `${used}/${max}` : `${used}`;
   const header = ["ACCOUNT", "PROVIDER", "TOKEN", "CONNS", "MSGS/24H", "RCPTS/24H", "MSGS/MIN"];
-  const rows = accounts.map((a) => [
-    a.account,
-    a.provider,
-    a.token,
-    `${a.connections.open}/${a.connections.max}`,
-    limit(a.quota.messagesToday, a.quota.limits.messagesPerDay),
-    limit(a.quota.recipientsToday, a.quota.limits.recipientsPerDay),
-    limit(a.quota.lastMinute, a.quota.limits.messagesPerMinute),
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
-  const out = [line(header)];
-  accounts.forEach((a, i) => {
-    out.push(line(rows[i]));
-    if (a.lastError) out.push(`    last error: ${a.lastError}`);
-  });
-  return out.join("\n");
+  return renderTable(
+    header,
+    accounts.map((a) => ({
+      cells: [
+        a.account,
+        a.provider,
+        a.token,
+        `${a.connections.open}/${a.connections.max}`,
+        limit(a.quota.messagesToday, a.quota.limits.messagesPerDay),
+        limit(a.quota.recipientsToday, a.quota.limits.recipientsPerDay),
+        limit(a.quota.lastMinute, a.quota.limits.messagesPerMinute),
+      ],
+      notes: a.lastError ? [`last error: ${a.lastError}`] : [],
+    })),
+  );
 }

@@ -8,44 +8,9 @@
  * @module
  */
 import * as oauth from "oauth4webapi";
-
-/** The OAuth2 client and token endpoint an authorization is for. */
-export interface AuthorizeClient {
-  /** Token endpoint URL. */
-  readonly tokenUrl: string;
-  /** Client id. */
-  readonly clientId: string;
-  /** Client secret; absent for public clients. */
-  readonly clientSecret?: string;
-  /** Scope to ask for (must yield a refresh token, e.g. `offline_access` at Microsoft). */
-  readonly scope: string;
-}
-
-/** Time, injectable so tests need not wait real seconds. */
-export interface Timing {
-  /** Milliseconds since the epoch. */
-  now(): number;
-  /** Resolves after `ms`; rejects with the signal's reason once `signal` aborts. */
-  sleep(ms: number, signal?: AbortSignal): Promise<void>;
-}
-
-/** Wall-clock time and real timers. */
-export const REAL_TIMING: Timing = {
-  now: () => Date.now(),
-  sleep: (ms, signal) =>
-    new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason);
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal!.reason);
-      };
-      const timer = setTimeout(() => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      }, ms);
-      signal?.addEventListener("abort", onAbort, { once: true });
-    }),
-};
+import { clip } from "../text.ts";
+import { REAL_TIMING, type Timing } from "./clock.ts";
+import type { OAuthClient } from "./oauth.ts";
 
 /** What a successful authorization yields. */
 export interface AuthorizeResult {
@@ -89,7 +54,7 @@ export interface DevicePrompt {
 /** Options of {@link authorizeWithDeviceCode}. */
 export interface DeviceCodeOptions {
   /** Client and token endpoint. */
-  readonly client: AuthorizeClient;
+  readonly client: OAuthClient;
   /** Device authorization endpoint. */
   readonly deviceCodeUrl: string;
   /** Called once with the code and URL to show the user. */
@@ -165,7 +130,7 @@ export async function authorizeWithDeviceCode(o: DeviceCodeOptions): Promise<Aut
 /** Options of {@link authorizeWithPkce}. */
 export interface PkceOptions {
   /** Client and token endpoint. */
-  readonly client: AuthorizeClient;
+  readonly client: OAuthClient;
   /** Authorization endpoint the user opens in a browser. */
   readonly authorizeUrl: string;
   /**
@@ -368,7 +333,7 @@ interface Context {
 }
 
 function context(
-  client: AuthorizeClient,
+  client: OAuthClient,
   otherUrl: string,
   issuer: string | undefined,
   requestTimeoutMs = 15_000,
@@ -488,10 +453,4 @@ function text(status: number, body: string): Response {
     status,
     headers: { "content-type": "text/plain;charset=UTF-8", "cache-control": "no-store" },
   });
-}
-
-/** One line, at most 200 characters. */
-function clip(line: string): string {
-  const one = line.replace(/\s+/g, " ").trim();
-  return one.length > 200 ? `${one.slice(0, 197)}...` : one;
 }

@@ -3,11 +3,19 @@
  * however many messages ask at the same time, refreshed ahead of expiry while the
  * account is in use, retried with backoff on transient failures, and parked in
  * `needs_reauth` when the provider says the refresh token is dead.
+ *
+ * Its state sits behind interfaces a shared backend can implement: the refresh-token
+ * store (versioned, compare-and-set), the access-token cache, the refresh lease, and
+ * the clock. The defaults are this process's files, memory, single flight and time.
  * @module
  */
 import { createHash } from "node:crypto";
-import { type OAuthClient, refreshAccessToken, TokenError } from "./oauth.ts";
-import type { TokenStore } from "./store.ts";
+import type { ExpectedVersion } from "../state/store.ts";
+import { type AccessTokenCache, type CachedAccessToken, MemoryAccessTokenCache } from "./cache.ts";
+import { REAL_TIMING, type Timing } from "./clock.ts";
+import { InProcessRefreshLease, type RefreshLease } from "./lease.ts";
+import { type OAuthClient, refreshAccessToken, TokenError, type TokenGrant } from "./oauth.ts";
+import type { RefreshTokenStore, StoredToken } from "./store.ts";
 
 /** A bearer token and the time it stops being handed out (ms since the epoch). */
 export interface AccessToken {
@@ -42,8 +50,14 @@ export interface AccountTokensOptions {
   readonly client: OAuthClient;
   /** The refresh token written in the config, if any. */
   readonly configRefreshToken?: string;
-  /** Where rotated refresh tokens go. */
-  readonly store: TokenStore;
+  /** Where rotated refresh tokens go (compare-and-set: a newer stored token wins). */
+  readonly store: RefreshTokenStore;
+  /** Where access tokens are cached (default: this manager's memory). */
+  readonly cache?: AccessTokenCache;
+  /** Who may refresh (default: one refresh at a time in this manager, shared by callers). */
+  readonly lease?: RefreshLease;
+  /** Clock and sleep, for expiry and backoff (default: real time). */
+  readonly timing?: Timing;
   /** Tokens are refreshed this long before expiry, in ms (at least {@link MIN_LIFETIME_MS}). */
   readonly marginMs: number;
   /** Time allowed to one token call, in ms. */
@@ -72,6 +86,11 @@ export interface RefreshOutcome {
   readonly rotated: boolean;
   /** Writing the rotated refresh token failed: it lives in memory only until the next try. */
   readonly persistError?: string;
+  /**
+   * While this refresh ran, another writer (another process, `authorize`) stored a newer
+   * refresh token: that one was adopted and the one this refresh got was dropped.
+   */
+  readonly adopted?: boolean;
 }
 
 /**
@@ -93,18 +112,26 @@ export function fingerprint(refreshToken: string | undefined): string {
   return createHash("sha256").update(refreshToken).digest("hex").slice(0, 16);
 }
 
-interface Cached extends AccessToken {
-  readonly refreshAt: number;
+/** The refresh token in use, and the store version it was read at or written as. */
+interface HeldToken {
+  readonly token: string;
+  readonly seen: ExpectedVersion;
 }
 
-const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
+/** Compare-and-set rounds when what is stored belongs to another config token. */
+const CAS_ROUNDS = 3;
+/** Time allowed to the store (lock, write) within one lease, on top of the token calls. */
+const LEASE_STORE_ALLOWANCE_MS = 30_000;
 
 /** The token source of one account. */
 export class AccountTokens {
   readonly #o: AccountTokensOptions;
-  #refreshToken?: string;
-  #cached?: Cached;
-  #inflight?: Promise<AccessToken>;
+  readonly #cache: AccessTokenCache;
+  readonly #lease: RefreshLease;
+  readonly #timing: Timing;
+  #held?: HeldToken;
+  /** Refreshes this manager is running or waiting for. */
+  #running = 0;
   #state: TokenState = "unknown";
   #lastError?: TokenError;
   #recheckAt = 0;
@@ -112,6 +139,9 @@ export class AccountTokens {
   /** Nothing is read or fetched until the first {@link get}. */
   constructor(options: AccountTokensOptions) {
     this.#o = options;
+    this.#cache = options.cache ?? new MemoryAccessTokenCache();
+    this.#lease = options.lease ?? new InProcessRefreshLease();
+    this.#timing = options.timing ?? REAL_TIMING;
   }
 
   /** Current state; see {@link TokenState}. */
@@ -129,17 +159,17 @@ export class AccountTokens {
    * the account is in use, the next token is fetched in the background before this one
    * runs out. In `needs_reauth` it fails at once, except for one recheck per interval.
    */
-  get(): Promise<AccessToken> {
-    const now = Date.now();
-    const cached = this.#cached;
+  async get(): Promise<AccessToken> {
+    const now = this.#timing.now();
+    const cached = await this.#cache.get(this.#o.account);
     if (cached && cached.useUntil > now) {
-      if (now >= cached.refreshAt && !this.#inflight) {
+      if (now >= cached.refreshAt && this.#running === 0) {
         this.#refresh(true).catch(() => {}); // outcome reported through onRefresh
       }
-      return Promise.resolve(cached);
+      return cached;
     }
-    if (this.#state === "needs_reauth" && now < this.#recheckAt && !this.#inflight) {
-      return Promise.reject(this.#lastError);
+    if (this.#state === "needs_reauth" && now < this.#recheckAt && this.#running === 0) {
+      throw this.#lastError;
     }
     return this.#refresh(false);
   }
@@ -148,29 +178,42 @@ export class AccountTokens {
    * The provider refused a token: forget it and fetch another. Callers that ask while a
    * refresh is running share it, so a burst of refusals costs one refresh.
    */
-  renew(): Promise<AccessToken> {
-    this.#cached = undefined;
-    return this.#refresh(false);
+  async renew(): Promise<AccessToken> {
+    const cached = await this.#cache.get(this.#o.account);
+    if (cached) await this.#cache.delete(this.#o.account, cached.token);
+    return this.#refresh(false, cached?.token);
   }
 
-  #refresh(background: boolean): Promise<AccessToken> {
-    this.#inflight ??= this.#doRefresh(background).finally(() => this.#inflight = undefined);
-    return this.#inflight;
-  }
-
-  async #doRefresh(background: boolean): Promise<AccessToken> {
+  /** Refreshes under the lease; `refused` is a token the provider refused (never reused). */
+  #refresh(background: boolean, refused?: string): Promise<AccessToken> {
     const o = this.#o;
+    const ttlMs = o.retry.attempts * (o.timeoutMs + o.retry.maxMs) + LEASE_STORE_ALLOWANCE_MS;
+    this.#running++;
+    return this.#lease.run(o.account, () => this.#doRefresh(background, refused), ttlMs)
+      .finally(() => this.#running--);
+  }
+
+  async #doRefresh(background: boolean, refused?: string): Promise<AccessToken> {
+    const o = this.#o;
+    // Under a shared lease, the previous holder may have left a fresh token.
+    const fresh = await this.#cache.get(o.account);
+    if (fresh && fresh.token !== refused && this.#timing.now() < fresh.refreshAt) {
+      this.#state = "ok";
+      this.#lastError = undefined;
+      return fresh;
+    }
     let attempts = 0;
     let invalidGrantRetried = false;
     try {
       // After a verdict of needs_reauth, `authorize` may have stored a new token.
-      if (this.#state === "needs_reauth") this.#refreshToken = undefined;
-      let current = this.#refreshToken ??= await this.#initialRefreshToken();
+      if (this.#state === "needs_reauth") this.#held = undefined;
+      let held = await this.#refreshTokenToUse();
       while (true) {
         attempts++;
         try {
-          const grant = await refreshAccessToken(o.client, current, o.timeoutMs);
-          return await this.#accept(grant, current, attempts, background);
+          const now = () => this.#timing.now();
+          const grant = await refreshAccessToken(o.client, held.token, o.timeoutMs, now);
+          return await this.#accept(grant, held, attempts, background);
         } catch (err) {
           const error = toTokenError(err);
           // A single invalid_grant can be a provider hiccup, or `authorize` stored a new
@@ -179,11 +222,13 @@ export class AccountTokens {
           if (error.kind === "permanent" && !retryGrant) throw error;
           if (retryGrant) {
             invalidGrantRetried = true;
-            current = this.#refreshToken = await this.#initialRefreshToken().catch(() => current);
+            const refusedToken = held;
+            this.#held = undefined;
+            held = await this.#refreshTokenToUse().catch(() => this.#held = refusedToken);
           }
           const delay = backoff(o.retry, attempts, error.retryAfterMs);
           if (attempts >= o.retry.attempts || delay === undefined) throw error;
-          await sleep(delay);
+          await this.#timing.sleep(delay);
         }
       }
     } catch (err) {
@@ -191,8 +236,9 @@ export class AccountTokens {
       this.#lastError = error;
       this.#state = error.kind === "permanent" ? "needs_reauth" : "failing";
       if (this.#state === "needs_reauth") {
-        this.#cached = undefined;
-        this.#recheckAt = Date.now() + o.reauthRecheckMs;
+        const cached = await this.#cache.get(o.account).catch(() => undefined);
+        if (cached) await this.#cache.delete(o.account, cached.token).catch(() => {});
+        this.#recheckAt = this.#timing.now() + o.reauthRecheckMs;
       }
       o.onRefresh?.({ ok: false, error, state: this.#state, attempts, background, rotated: false });
       throw error;
@@ -200,58 +246,112 @@ export class AccountTokens {
   }
 
   async #accept(
-    grant: { accessToken: string; expiresAt: number; refreshToken?: string },
-    current: string,
+    grant: TokenGrant,
+    used: HeldToken,
     attempts: number,
     background: boolean,
   ): Promise<AccessToken> {
     const o = this.#o;
-    const rotated = grant.refreshToken !== undefined && grant.refreshToken !== current;
+    const rotated = grant.refreshToken !== undefined && grant.refreshToken !== used.token;
     let persistError: string | undefined;
+    let adopted = false;
     if (rotated) {
-      this.#refreshToken = grant.refreshToken;
+      // Held at once: if storing fails, the next refresh still uses the newest token.
+      this.#held = { token: grant.refreshToken!, seen: used.seen };
       try {
-        await o.store.save(o.account, {
-          refreshToken: grant.refreshToken!,
-          configFingerprint: fingerprint(o.configRefreshToken),
-          updatedAt: new Date().toISOString(),
-        });
+        adopted = await this.#persist(grant.refreshToken!, used.seen);
       } catch (err) {
         persistError = err instanceof Error ? err.message : String(err);
       }
     }
-    const now = Date.now();
+    const now = this.#timing.now();
     const lifetime = grant.expiresAt - now;
     const margin = Math.min(Math.max(o.marginMs, MIN_LIFETIME_MS), lifetime / 2);
     const useUntil = grant.expiresAt - margin;
-    const token: Cached = {
+    const token: CachedAccessToken = {
       token: grant.accessToken,
       useUntil,
       refreshAt: now + (useUntil - now) * REFRESH_AHEAD_AT,
     };
-    this.#cached = token;
+    await this.#cache.set(o.account, token);
     this.#state = "ok";
     this.#lastError = undefined;
-    o.onRefresh?.({ ok: true, state: "ok", attempts, background, rotated, persistError });
+    o.onRefresh?.({
+      ok: true,
+      state: "ok",
+      attempts,
+      background,
+      rotated,
+      persistError,
+      ...(adopted ? { adopted } : {}),
+    });
     return token;
   }
 
   /**
-   * The persisted token, unless the config's token changed since it was stored (the
-   * operator put a new one there). Without either, the account needs `authorize`.
+   * Stores a rotated refresh token by compare-and-set against the version it replaces.
+   * If another writer stored a newer token for this config meanwhile, that one wins: it
+   * is adopted (resolves true) and ours is dropped; the access token just obtained stays
+   * good either way. A newer token stored for another config token does not win (the
+   * config's token, which ours descends from, takes precedence, as at start-up).
    */
-  async #initialRefreshToken(): Promise<string> {
-    const configured = this.#o.configRefreshToken;
-    const stored = await this.#o.store.load(this.#o.account);
-    if (stored && stored.configFingerprint === fingerprint(configured)) {
-      return stored.refreshToken;
+  async #persist(token: string, expected: ExpectedVersion): Promise<boolean> {
+    const o = this.#o;
+    const mine = fingerprint(o.configRefreshToken);
+    const value: StoredToken = {
+      refreshToken: token,
+      configFingerprint: mine,
+      updatedAt: new Date().toISOString(),
+    };
+    for (let round = 0; round < CAS_ROUNDS; round++) {
+      const r = await o.store.compareAndSet(o.account, expected, value);
+      if (r.ok) {
+        this.#held = { token, seen: r.version };
+        return false;
+      }
+      const current = r.current;
+      if (current && current.value.configFingerprint === mine) {
+        this.#held = { token: current.value.refreshToken, seen: current.version };
+        return true;
+      }
+      expected = current?.version ?? "absent";
+      this.#held = { token, seen: expected };
     }
-    if (configured !== undefined) return configured;
-    throw new TokenError(
-      "no refresh token in the config or the state directory",
-      "permanent",
-      "no_refresh_token",
-    );
+    throw new Error("the stored refresh token kept changing under other writers");
+  }
+
+  /**
+   * The refresh token to use, read from the store on every refresh (another process or
+   * `authorize` may have stored a newer one). The token held here is kept while the
+   * store is unchanged since it was read or written: it is as new or newer (a rotation
+   * whose write failed lives only here). Otherwise the stored token, unless the config's
+   * token changed since it was stored (the operator put a new one there: the config's
+   * wins). Without either, the account needs `authorize`.
+   */
+  async #refreshTokenToUse(): Promise<HeldToken> {
+    const o = this.#o;
+    let stored;
+    try {
+      stored = await o.store.load(o.account);
+    } catch (err) {
+      if (this.#held) return this.#held;
+      throw err;
+    }
+    const seen: ExpectedVersion = stored?.version ?? "absent";
+    const held = this.#held;
+    if (held && held.seen === seen) return held;
+    if (stored && stored.value.configFingerprint === fingerprint(o.configRefreshToken)) {
+      return this.#held = { token: stored.value.refreshToken, seen };
+    }
+    const token = held?.token ?? o.configRefreshToken;
+    if (token === undefined) {
+      throw new TokenError(
+        "no refresh token in the config or the state directory",
+        "permanent",
+        "no_refresh_token",
+      );
+    }
+    return this.#held = { token, seen };
   }
 }
 

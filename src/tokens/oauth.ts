@@ -6,16 +6,23 @@
  * @module
  */
 import * as oauth from "oauth4webapi";
+import { clip } from "../text.ts";
 
-/** An OAuth2 client registered at one token endpoint. */
+/**
+ * An OAuth2 client registered at one token endpoint: what the refresh grant and the
+ * interactive authorization flows (`authorize.ts`) both need.
+ */
 export interface OAuthClient {
   /** Token endpoint URL. */
   readonly tokenUrl: string;
   /** Client id. */
   readonly clientId: string;
-  /** Client secret; absent for public clients. */
+  /** Client secret (a secret: never logged); absent for public clients. */
   readonly clientSecret?: string;
-  /** Scope to request with every refresh. */
+  /**
+   * Scope to ask for with every grant; for authorization it must yield a refresh token
+   * (`offline_access` at Microsoft).
+   */
   readonly scope: string;
 }
 
@@ -64,18 +71,22 @@ const PERMANENT = new Set([
   "unsupported_grant_type",
 ]);
 
-/** Runs one refresh_token grant, aborted after `timeoutMs`. */
+/**
+ * Runs one refresh_token grant, aborted after `timeoutMs`. `now` is the clock the grant's
+ * `expiresAt` (and an HTTP-date Retry-After) is measured on.
+ */
 export async function refreshAccessToken(
   client: OAuthClient,
   refreshToken: string,
   timeoutMs: number,
+  now: () => number = Date.now,
 ): Promise<TokenGrant> {
   const url = new URL(client.tokenUrl);
   const as: oauth.AuthorizationServer = { issuer: url.origin, token_endpoint: url.href };
   const c: oauth.Client = { client_id: client.clientId };
   const auth = client.clientSecret ? oauth.ClientSecretPost(client.clientSecret) : oauth.None();
   const signal = AbortSignal.timeout(timeoutMs);
-  const started = Date.now();
+  const started = now();
   let seen: { status: number; retryAfterMs?: number } | undefined;
   try {
     const response = await oauth.refreshTokenGrantRequest(as, c, auth, refreshToken, {
@@ -84,7 +95,7 @@ export async function refreshAccessToken(
       [oauth.allowInsecureRequests]: url.protocol === "http:",
       [oauth.customFetch]: async (input, init) => {
         const r = await boundedFetch(input, init);
-        seen = { status: r.status, retryAfterMs: retryAfter(r.headers.get("retry-after")) };
+        seen = { status: r.status, retryAfterMs: retryAfter(r.headers.get("retry-after"), now) };
         return r;
       },
     });
@@ -133,11 +144,11 @@ async function boundedFetch(input: string | URL | Request, init?: RequestInit): 
 }
 
 /** Retry-After as ms: delta-seconds or an HTTP date. */
-function retryAfter(value: string | null): number | undefined {
+function retryAfter(value: string | null, now: () => number): number | undefined {
   if (!value) return undefined;
   if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
   const at = Date.parse(value);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now());
 }
 
 function toTokenError(
@@ -177,10 +188,4 @@ function toTokenError(
   }
   const message = err instanceof Error ? err.message : String(err);
   return new TokenError(`failed${status}: ${clip(message)}`, "transient", undefined, retry);
-}
-
-/** One line, at most 200 characters. */
-function clip(text: string): string {
-  const line = text.replace(/\s+/g, " ").trim();
-  return line.length > 200 ? `${line.slice(0, 197)}...` : line;
 }

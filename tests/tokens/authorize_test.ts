@@ -6,13 +6,13 @@
 import assert from "node:assert/strict";
 import { type Sandbox, startSandbox } from "../../src/sandbox/mod.ts";
 import {
-  type AuthorizeClient,
   AuthorizeError,
   authorizeWithDeviceCode,
   authorizeWithPkce,
   type DevicePrompt,
-  type Timing,
 } from "../../src/tokens/authorize.ts";
+import type { Timing } from "../../src/tokens/clock.ts";
+import type { OAuthClient } from "../../src/tokens/oauth.ts";
 
 const USER = "alice@example.test";
 const CLIENT_ID = "sandbox-client";
@@ -37,7 +37,7 @@ function withSandbox(fn: (sandbox: Sandbox) => Promise<void>): () => Promise<voi
   };
 }
 
-function client(sandbox: Sandbox, secret = CLIENT_SECRET): AuthorizeClient {
+function client(sandbox: Sandbox, secret = CLIENT_SECRET): OAuthClient {
   return { tokenUrl: sandbox.tokenUrl, clientId: CLIENT_ID, clientSecret: secret, scope: "s" };
 }
 

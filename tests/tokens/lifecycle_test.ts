@@ -8,6 +8,7 @@ import { Buffer } from "node:buffer";
 import { startRelay } from "../../src/app.ts";
 import { startSandbox } from "../../src/sandbox/mod.ts";
 import { AccountTokens, MIN_LIFETIME_MS } from "../../src/tokens/manager.ts";
+import type { ExpectedVersion } from "../../src/state/store.ts";
 import { FileTokenStore, type StoredToken, type TokenStore } from "../../src/tokens/store.ts";
 import { type Harness, makeAccounts, metricValue, rawMessage, startHarness } from "../harness.ts";
 
@@ -238,12 +239,12 @@ class SlowStore implements TokenStore {
   load(account: string) {
     return this.#inner.load(account);
   }
-  async save(account: string, token: StoredToken) {
+  async compareAndSet(account: string, expected: ExpectedVersion, token: StoredToken) {
     if (this.#slow) {
       this.#slow = false;
       await new Promise((ok) => setTimeout(ok, 300));
     }
-    return this.#inner.save(account, token);
+    return this.#inner.compareAndSet(account, expected, token);
   }
 }
 
@@ -280,7 +281,7 @@ Deno.test("rotation under concurrency: the newest refresh token survives a resta
     assert.ok(sandbox.stats.token.refreshes >= 2);
     const newest = sandbox.tokens.currentRefreshToken(a.email);
     const stored = await new FileTokenStore(dir).load(a.email);
-    assert.equal(stored?.refreshToken, newest);
+    assert.equal(stored?.value.refreshToken, newest);
     // "Restart": a fresh manager on the same state directory refreshes with it.
     const restarted = make(new FileTokenStore(dir));
     await restarted.get();

@@ -78,7 +78,7 @@ Deno.test("store: concurrent saves leave the newest token, nothing half-written"
         updatedAt: new Date().toISOString(),
       }));
     await Promise.all(saves);
-    assert.equal((await store.load("A@example.com"))?.refreshToken, "token-99");
+    assert.equal((await store.load("A@example.com"))?.value.refreshToken, "token-99");
     assert.deepEqual([...Deno.readDirSync(join(dir, "tokens"))].map((e) => e.name), [
       "a%40example.com.json",
     ]);
