@@ -14,6 +14,7 @@ import {
   type UpstreamResult,
 } from "../upstream/pool.ts";
 import { nonDeliveryReport } from "./dsn.ts";
+import { clip } from "../text.ts";
 import { TokenError } from "../tokens/oauth.ts";
 import { PasswordVerifier, verifyNobody } from "./password.ts";
 import type { QuotaKind, QuotaLimits } from "../quota/quota.ts";
@@ -94,6 +95,8 @@ interface Entry {
 const log = getLogger(["relay", "message"]);
 const authLog = getLogger(["relay", "auth"]);
 const MAX_REPLY_TEXT = 400;
+/** Provider text in a reply to the client: one line, at most {@link MAX_REPLY_TEXT}. */
+const clipReply = (text: string) => clip(text, MAX_REPLY_TEXT);
 
 /** Implements {@link Backend} over a set of accounts. */
 export class Relay implements Backend {
@@ -410,7 +413,7 @@ function tokenFailure(err: unknown): Outcome {
       reply: reply(
         454,
         "4.7.0",
-        clip(`Account needs re-authorization by the relay operator (${message})`),
+        clipReply(`Account needs re-authorization by the relay operator (${message})`),
       ),
       refused: 0,
     };
@@ -437,7 +440,7 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
         reply: reply(
           250,
           "2.0.0",
-          clip(`Delivered to ${accepted} of ${recipients} recipients; refused: ${refused}`),
+          clipReply(`Delivered to ${accepted} of ${recipients} recipients; refused: ${refused}`),
         ),
         refused: r.rejected.length,
         rejected: r.rejected,
@@ -446,7 +449,7 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
     case "refused":
       return {
         result: r.reply.code >= 500 ? "rejected" : "deferred",
-        reply: reply(clientCode(r.reply.code), r.reply.enhanced, clip(r.reply.text)),
+        reply: reply(clientCode(r.reply.code), r.reply.enhanced, clipReply(r.reply.text)),
         refused: 0,
       };
     case "auth":
@@ -455,7 +458,7 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
         reply: reply(
           454,
           "4.7.0",
-          clip(`Provider refused the relay's token, try again later: ${formatReply(r.reply)}`),
+          clipReply(`Provider refused the relay's token, try again later: ${formatReply(r.reply)}`),
         ),
         refused: 0,
       };
@@ -464,7 +467,7 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
     case "unreachable":
       return {
         result: "unreachable",
-        reply: reply(451, "4.4.1", clip(`Provider unreachable, try again later: ${r.detail}`)),
+        reply: reply(451, "4.4.1", clipReply(`Provider unreachable, try again later: ${r.detail}`)),
         refused: 0,
       };
   }
@@ -479,8 +482,4 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
 function clientCode(code: number): number {
   if (code >= 500 || code === 450 || code === 451 || code === 452) return code;
   return 451;
-}
-
-function clip(text: string): string {
-  return text.length > MAX_REPLY_TEXT ? `${text.slice(0, MAX_REPLY_TEXT - 3)}...` : text;
 }

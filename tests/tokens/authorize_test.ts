@@ -4,7 +4,13 @@
  * PKCE (the test plays the browser; state mismatch; pasted URL; timeout).
  */
 import assert from "node:assert/strict";
-import { type Sandbox, startSandbox } from "../../src/sandbox/mod.ts";
+import type { Sandbox } from "../../src/sandbox/mod.ts";
+import {
+  CLIENT_ID,
+  CLIENT_SECRET,
+  USER,
+  withSandbox as withSharedSandbox,
+} from "../sandbox_helpers.ts";
 import {
   AuthorizeError,
   authorizeWithDeviceCode,
@@ -14,28 +20,9 @@ import {
 import type { Timing } from "../../src/tokens/clock.ts";
 import type { OAuthClient } from "../../src/tokens/oauth.ts";
 
-const USER = "alice@example.test";
-const CLIENT_ID = "sandbox-client";
-const CLIENT_SECRET = "sandbox-secret";
-
-function withSandbox(fn: (sandbox: Sandbox) => Promise<void>): () => Promise<void> {
-  return async () => {
-    const sandbox = await startSandbox({
-      accounts: [{
-        email: USER,
-        clientId: CLIENT_ID,
-        clientSecret: CLIENT_SECRET,
-        refreshToken: "refresh-0",
-      }],
-    });
-    sandbox.tokens.deviceIntervalSeconds = 1;
-    try {
-      await fn(sandbox);
-    } finally {
-      await sandbox.close();
-    }
-  };
-}
+/** The sandbox with its device-code interval at 1 s (the flows' tests poll in real time). */
+const withSandbox = (fn: (sandbox: Sandbox) => Promise<void>) =>
+  withSharedSandbox(fn, { deviceIntervalSeconds: 1 });
 
 function client(sandbox: Sandbox, secret = CLIENT_SECRET): OAuthClient {
   return { tokenUrl: sandbox.tokenUrl, clientId: CLIENT_ID, clientSecret: secret, scope: "s" };
