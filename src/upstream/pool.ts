@@ -5,13 +5,17 @@
  * @module
  */
 import net from "node:net";
-import { Buffer } from "node:buffer";
-import { Readable } from "node:stream";
 import { domainToASCII } from "node:url";
 import nodemailer from "nodemailer";
-import type { NodemailerError, SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
+import type { NodemailerError } from "nodemailer";
 import { classEnhanced, formatReply, parseReply, type Reply, reply } from "../smtp/reply.ts";
 import type { UpstreamTls } from "../config/providers.ts";
+import {
+  MessageTooBig,
+  type PoolTransport,
+  quitIdleConnections,
+  sendRaw,
+} from "../compat/nodemailer.ts";
 
 /** Where and how one account's mail goes. */
 export interface UpstreamTarget {
@@ -130,7 +134,7 @@ class TokenUnavailable extends Error {
 
 /** The pooled upstream of one account. */
 export class UpstreamPool {
-  readonly #transport: Transporter<SMTPPoolSentMessageInfo>;
+  readonly #transport: PoolTransport;
   #open = 0;
 
   /** Creates the pool; connections open on demand. */
@@ -188,12 +192,14 @@ export class UpstreamPool {
   /** Sends one message; never throws. */
   async send(message: OutgoingMessage): Promise<UpstreamResult> {
     try {
-      // Straight to nodemailer's pool: its Mailer would parse and re-serialise the MIME
-      // tree of a `raw` message (a third of the relay's CPU per message), for the same bytes.
-      const pool = (this.#transport as unknown as { transporter: InternalPool }).transporter;
-      const info = await new Promise<SMTPPoolSentMessageInfo>((ok, fail) =>
-        pool.send(rawMail(message), (err, info) => err ? fail(err) : ok(info))
-      );
+      const info = await sendRaw(this.#transport, {
+        from: asciiDomain(message.from),
+        to: message.to,
+        bytes: message.raw,
+        // MAIL FROM carries SIZE= (a provider refuses an oversized message before it is
+        // sent) and, for a message with 8-bit bytes, BODY=8BITMIME (RFC 6152), where offered.
+        use8BitMime: has8Bit(message.raw),
+      });
       const errors: NodemailerError[] = info.rejectedErrors ?? [];
       return {
         kind: "sent",
@@ -235,15 +241,7 @@ export class UpstreamPool {
    * to close; then closes the pool. For shutdown: the provider sees a clean goodbye.
    */
   async quit(timeoutMs = 2_000): Promise<void> {
-    // nodemailer closes pooled connections without QUIT (only its idle timer says it):
-    // reach its connection list to say it. The version is pinned; a change shows in tests.
-    const pool = (this.#transport as unknown as { transporter?: InternalPool }).transporter;
-    for (const resource of pool?._connections ?? []) {
-      if (resource.available && resource.connection) {
-        resource.available = false;
-        resource.connection.quit();
-      }
-    }
+    quitIdleConnections(this.#transport);
     const deadline = Date.now() + timeoutMs;
     while (this.#open > 0 && Date.now() < deadline) {
       await new Promise((ok) => setTimeout(ok, 10));
@@ -255,61 +253,6 @@ export class UpstreamPool {
   close(): void {
     this.#transport.close();
   }
-}
-
-/**
- * The parts of nodemailer's SMTP pool (`lib/smtp-pool`) the relay uses directly. The
- * version is pinned in deno.json; tests/upstream and tests/relay exercise both.
- */
-interface InternalPool {
-  send(mail: RawMail, callback: (err: Error | null, info: SMTPPoolSentMessageInfo) => void): void;
-  _connections?: { available: boolean; connection?: { quit(): void } }[];
-}
-
-/** What nodemailer's pool reads from a queued mail (normally built by its Mailer). */
-interface RawMail {
-  readonly data: Record<string, never>;
-  readonly message: {
-    getEnvelope(): { from: string; to: string[]; size: number; use8BitMime: boolean };
-    messageId(): string;
-    getHeader(name: string): string;
-    /** Called again if the pool moves the message to another connection. */
-    createReadStream(): Readable;
-  };
-}
-
-/**
- * The finished message as nodemailer's pool expects it: envelope plus a fresh stream.
- * MAIL FROM carries SIZE= (a provider refuses an oversized message before it is sent)
- * and, for a message with 8-bit bytes, BODY=8BITMIME (RFC 6152), where offered.
- */
-function rawMail(message: OutgoingMessage): RawMail {
-  const bytes = Buffer.from(message.raw.buffer, message.raw.byteOffset, message.raw.byteLength);
-  const use8BitMime = has8Bit(message.raw);
-  const from = asciiDomain(message.from);
-  return {
-    data: {},
-    message: {
-      // A new object each time: nodemailer writes the outcome (`mailError`, accepted,
-      // rejected) into the envelope it is given, and a message moved to a new connection
-      // after the provider closed the old one would otherwise fail with the old error.
-      getEnvelope: () => ({
-        from,
-        to: [...message.to],
-        size: bytes.length,
-        use8BitMime,
-      }),
-      messageId: () => "",
-      getHeader: () => "",
-      createReadStream: () =>
-        new Readable({
-          read() {
-            this.push(bytes);
-            this.push(null);
-          },
-        }),
-    },
-  };
 }
 
 /**
@@ -377,6 +320,14 @@ function replyOf(err: NodemailerError): Reply | undefined {
 
 function classify(err: unknown): UpstreamResult {
   if (err instanceof TokenUnavailable) return { kind: "token", error: err.reason };
+  if (err instanceof MessageTooBig) {
+    // nodemailer's own check against the SIZE the provider advertised: it never fits.
+    const limit = err.limit ? ` (its limit: ${err.limit} bytes)` : "";
+    return {
+      kind: "refused",
+      reply: reply(552, "5.3.4", `Message too big for the provider${limit}`),
+    };
+  }
   const e = err as NodemailerError;
   const code = e?.responseCode;
   if (e?.code === "EAUTH") {
@@ -387,18 +338,6 @@ function classify(err: unknown): UpstreamResult {
       return { kind: "refused", reply: r };
     }
     return { kind: "auth", reply: r ?? reply(535, "5.7.8", "authentication failed") };
-  }
-  if (e?.code === "EMESSAGE" && code === undefined && e.command === "MAIL FROM") {
-    // nodemailer's own check against the SIZE the provider advertised: it never fits.
-    const limit = e.message.match(/(\d+)\s*$/)?.[1];
-    return {
-      kind: "refused",
-      reply: reply(
-        552,
-        "5.3.4",
-        `Message too big for the provider${limit ? ` (its limit: ${limit} bytes)` : ""}`,
-      ),
-    };
   }
   if ((e?.code === "EENVELOPE" || e?.code === "EMESSAGE") && code !== undefined && code >= 400) {
     const first = e.rejectedErrors?.length ? replyOf(e.rejectedErrors[0]) : undefined;
