@@ -1,7 +1,10 @@
 /**
  * Upstream delivery for one account: a nodemailer pool speaking STARTTLS (or implicit
  * TLS) with certificate checks and AUTH XOAUTH2, over sockets the relay opens itself by
- * host name with TCP_NODELAY. Outcomes come back as data ({@link UpstreamResult}).
+ * host name with TCP_NODELAY. Each socket holds a connection permit
+ * ({@link ConnectionPermits}) from before it opens until it closes: the permits are the
+ * cap on an account's connections, nodemailer's `maxConnections` only a local bound.
+ * Outcomes come back as data ({@link UpstreamResult}).
  * @module
  */
 import net from "node:net";
@@ -15,7 +18,10 @@ import {
   type PoolTransport,
   quitIdleConnections,
   sendRaw,
+  type SocketCallback,
+  socketHandOver,
 } from "../compat/nodemailer.ts";
+import { type ConnectionPermits, LocalPermits, type Permit } from "./permits.ts";
 
 /** Where and how one account's mail goes. */
 export interface UpstreamTarget {
@@ -31,12 +37,20 @@ export interface UpstreamTarget {
   readonly ca?: string;
   /** Name sent in EHLO. */
   readonly ehloName: string;
-  /** Most connections open at once. */
+  /**
+   * Most connections this pool opens at once (the permits are the account's cap; without
+   * permits given to the pool, this is the cap).
+   */
   readonly maxConnections: number;
   /** Messages per connection before it is replaced. */
   readonly messagesPerConnection: number;
-  /** Connect + greeting timeout, ms. */
+  /** Connect + greeting timeout, ms, from the moment the connection permit is granted. */
   readonly connectTimeoutMs: number;
+  /**
+   * Longest wait for a connection permit, ms (default {@link DEFAULT_PERMIT_WAIT_MS}); the
+   * message waiting for that connection then fails as `unreachable` (try again later).
+   */
+  readonly permitWaitMs?: number;
   /** Wait for any single reply, ms. */
   readonly socketTimeoutMs: number;
   /** Idle pooled connections are closed after this, ms. */
@@ -132,13 +146,33 @@ class TokenUnavailable extends Error {
   }
 }
 
+/** Default for {@link UpstreamTarget.permitWaitMs}: how long a message waits for a connection. */
+export const DEFAULT_PERMIT_WAIT_MS = 60_000;
+
 /** The pooled upstream of one account. */
 export class UpstreamPool {
   readonly #transport: PoolTransport;
+  readonly #target: UpstreamTarget;
+  readonly #permits: ConnectionPermits;
+  /** Permit waits in progress, aborted by {@link UpstreamPool.close}. */
+  readonly #waits = new Set<AbortController>();
   #open = 0;
+  #closed = false;
 
-  /** Creates the pool; connections open on demand. */
-  constructor(target: UpstreamTarget, tokens: TokenProvider, observer?: UpstreamObserver) {
+  /**
+   * Creates the pool; connections open on demand, each under a permit from `permits`
+   * for `target.user`. Without `permits` the pool has its own, `target.maxConnections`
+   * of them: pools of one account that must share the cap share one
+   * {@link ConnectionPermits}.
+   */
+  constructor(
+    target: UpstreamTarget,
+    tokens: TokenProvider,
+    observer?: UpstreamObserver,
+    permits: ConnectionPermits = new LocalPermits(target.maxConnections),
+  ) {
+    this.#target = target;
+    this.#permits = permits;
     this.#transport = nodemailer.createTransport({
       pool: true,
       host: target.host,
@@ -164,7 +198,7 @@ export class UpstreamPool {
       disableUrlAccess: true,
       logger: false,
       getSocket: (_options: unknown, callback: SocketCallback) =>
-        openSocket(target, {
+        this.#connect(callback, {
           connectionOpened: () => {
             this.#open++;
             observer?.connectionOpened();
@@ -173,7 +207,7 @@ export class UpstreamPool {
             this.#open--;
             observer?.connectionClosed();
           },
-        }, callback),
+        }),
     });
     this.#transport.set(
       "oauth2_provision_cb",
@@ -211,6 +245,10 @@ export class UpstreamPool {
       };
     } catch (err) {
       return classify(err);
+    } finally {
+      // The connection that sent it may now sit idle while a message of this pool waits
+      // for a permit (for another connection): let that idle connection's permit move on.
+      if (this.#waits.size > 0) setTimeout(() => this.#handOverIdle(), 0);
     }
   }
 
@@ -236,6 +274,11 @@ export class UpstreamPool {
     return this.#open;
   }
 
+  /** Connections this pool waits for a permit to open. */
+  get permitWaits(): number {
+    return this.#waits.size;
+  }
+
   /**
    * Says QUIT on every idle pooled connection and waits (at most `timeoutMs`) for them
    * to close; then closes the pool. For shutdown: the provider sees a clean goodbye.
@@ -249,9 +292,64 @@ export class UpstreamPool {
     this.close();
   }
 
-  /** Closes pooled connections at once (no QUIT). */
+  /**
+   * Closes pooled connections at once (no QUIT). A message still waiting for a permit
+   * fails (`unreachable`) and its wait ends: nothing stays held or queued.
+   */
   close(): void {
+    this.#closed = true;
     this.#transport.close();
+    for (const wait of [...this.#waits]) wait.abort(new Error("upstream pool closed"));
+  }
+
+  /**
+   * nodemailer's `getSocket`: waits for a permit, then opens the socket. The permit goes
+   * back when that socket closes, or at once if no socket comes of it.
+   */
+  #connect(callback: SocketCallback, observer: UpstreamObserver): void {
+    if (this.#closed) {
+      setTimeout(() => callback(new Error("upstream pool closed")), 0);
+      return;
+    }
+    const target = this.#target;
+    const waitMs = target.permitWaitMs ?? DEFAULT_PERMIT_WAIT_MS;
+    const wait = new AbortController();
+    this.#waits.add(wait);
+    const timer = setTimeout(() => {
+      const seconds = Math.round(waitMs / 100) / 10;
+      wait.abort(new Error(`no upstream connection free within ${seconds} s (all in use)`));
+    }, waitMs);
+    const started = Date.now();
+    const waited = () => {
+      clearTimeout(timer);
+      this.#waits.delete(wait);
+      return Date.now() - started;
+    };
+    this.#permits.acquire(target.user, wait.signal).then(
+      (permit) => {
+        const waitedMs = waited();
+        if (this.#closed) {
+          permit.release();
+          return callback(new Error("upstream pool closed"));
+        }
+        openSocket(target, permit, observer, (err, socket) => {
+          if (err || !socket) return callback(err ?? new Error("connection failed"));
+          // nodemailer's connection deadline started before the wait: move it past it.
+          callback(null, socketHandOver(socket, waitedMs, target.connectTimeoutMs));
+        });
+      },
+      (err) => {
+        waited();
+        callback(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  }
+
+  /** QUITs idle connections, one per permit wait at most, so their permits move on. */
+  #handOverIdle(): void {
+    if (this.#waits.size > 0 && !this.#closed) {
+      quitIdleConnections(this.#transport, this.#waits.size);
+    }
   }
 }
 
@@ -279,20 +377,43 @@ export function has8Bit(raw: Uint8Array): boolean {
   return false;
 }
 
-type SocketCallback = (err: Error | null, socketOptions?: { connection: net.Socket }) => void;
-
+/**
+ * Opens a TCP socket to the provider under `permit`, which goes back when the socket
+ * closes, whether it connected or not: exactly once, as a socket closes once. Connecting
+ * may take `connectTimeoutMs` (TLS, greeting and login are nodemailer's to time). A
+ * revoked permit destroys the socket.
+ */
 function openSocket(
   target: UpstreamTarget,
-  observer: UpstreamObserver | undefined,
-  callback: SocketCallback,
+  permit: Permit,
+  observer: UpstreamObserver,
+  callback: (err: Error | null, socket?: net.Socket) => void,
 ): void {
-  const socket = net.connect({
-    host: target.host,
-    port: target.port,
-    ...(target.sourceAddress ? { localAddress: target.sourceAddress } : {}),
+  let socket: net.Socket;
+  try {
+    socket = net.connect({
+      host: target.host,
+      port: target.port,
+      ...(target.sourceAddress ? { localAddress: target.sourceAddress } : {}),
+    });
+  } catch (err) {
+    permit.release();
+    return callback(err instanceof Error ? err : new Error(String(err)));
+  }
+  const revoke = () => socket.destroy(new Error("connection permit revoked"));
+  permit.revoked.addEventListener("abort", revoke, { once: true });
+  socket.once("close", () => {
+    permit.revoked.removeEventListener("abort", revoke);
+    permit.release();
   });
+  if (permit.revoked.aborted) revoke();
   socket.setNoDelay(true);
+  const timer = setTimeout(() => {
+    const err = Object.assign(new Error("Connection timeout"), { code: "ETIMEDOUT" });
+    socket.destroy(err);
+  }, target.connectTimeoutMs);
   const fail = (err: Error) => {
+    clearTimeout(timer);
     if (target.sourceAddress) {
       err.message = `from source address ${target.sourceAddress}: ${err.message}`;
     }
@@ -300,10 +421,11 @@ function openSocket(
   };
   socket.once("error", fail);
   socket.once("connect", () => {
+    clearTimeout(timer);
     socket.off("error", fail);
-    observer?.connectionOpened();
-    socket.once("close", () => observer?.connectionClosed());
-    callback(null, { connection: socket });
+    observer.connectionOpened();
+    socket.once("close", () => observer.connectionClosed());
+    callback(null, socket);
   });
 }
 
