@@ -13,7 +13,7 @@ import {
   type UpstreamResult,
   type UpstreamTarget,
 } from "../../src/upstream/pool.ts";
-import { LocalPermits } from "../../src/upstream/permits.ts";
+import { type ConnectionPermits, LocalPermits } from "../../src/upstream/permits.ts";
 import { makeAccounts, rawMessage, until } from "../harness.ts";
 
 const USER = "user0@example.com";
@@ -333,6 +333,32 @@ Deno.test("a long permit wait does not eat the new connection's connect timeout"
     holder.close();
     pool.close();
     assert.ok(await until(() => permits.held(USER) === 0));
+    await sandbox.close();
+  }
+});
+
+Deno.test("a revoked permit closes its connection; it is released once", async () => {
+  const { sandbox, tokens } = await sandboxWithToken();
+  // A backend that lost a lease: it revokes, and counts the releases it gets.
+  const revoke = new AbortController();
+  let acquired = 0;
+  let released = 0;
+  const permits: ConnectionPermits = {
+    acquire: () => {
+      acquired++;
+      return Promise.resolve({ revoked: revoke.signal, release: () => released++ });
+    },
+  };
+  const pool = new UpstreamPool(target(sandbox.smtpPort, sandbox.ca), tokens, undefined, permits);
+  try {
+    assert.equal((await pool.send(message)).kind, "sent");
+    assert.equal(pool.openConnections, 1);
+    revoke.abort();
+    assert.ok(await until(() => pool.openConnections === 0), "the connection stayed open");
+    assert.ok(await until(() => sandbox.smtp.openConnections === 0), "the provider saw it open");
+    assert.deepEqual({ acquired, released }, { acquired: 1, released: 1 });
+  } finally {
+    pool.close();
     await sandbox.close();
   }
 });
