@@ -9,6 +9,7 @@ import { DEFAULTS } from "./config/defaults.ts";
 import { AccountTokens, type RefreshOutcome, type TokenState } from "./tokens/manager.ts";
 import type { TokenStore } from "./tokens/store.ts";
 import { type UpstreamObserver, UpstreamPool, type UpstreamTarget } from "./upstream/pool.ts";
+import { LocalPermits } from "./upstream/permits.ts";
 import type { RelayAccount } from "./relay/relay.ts";
 import type { Quotas } from "./quota/quotas.ts";
 
@@ -129,6 +130,7 @@ export class AccountRuntime {
       upstreamTarget(relayConfig, config),
       (renew) => renew ? tokens.renew() : tokens.get(),
       deps.upstream,
+      new LocalPermits(config.maxConnections),
     );
     this.relayAccount = {
       email: config.email,

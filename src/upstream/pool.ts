@@ -1,17 +1,27 @@
 /**
  * Upstream delivery for one account: a nodemailer pool speaking STARTTLS (or implicit
  * TLS) with certificate checks and AUTH XOAUTH2, over sockets the relay opens itself by
- * host name with TCP_NODELAY. Outcomes come back as data ({@link UpstreamResult}).
+ * host name with TCP_NODELAY. Each socket holds a connection permit
+ * ({@link ConnectionPermits}) from before it opens until it closes: the permits are the
+ * cap on an account's connections, nodemailer's `maxConnections` only a local bound.
+ * Outcomes come back as data ({@link UpstreamResult}).
  * @module
  */
 import net from "node:net";
-import { Buffer } from "node:buffer";
-import { Readable } from "node:stream";
 import { domainToASCII } from "node:url";
 import nodemailer from "nodemailer";
-import type { NodemailerError, SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
+import type { NodemailerError } from "nodemailer";
 import { classEnhanced, formatReply, parseReply, type Reply, reply } from "../smtp/reply.ts";
 import type { UpstreamTls } from "../config/providers.ts";
+import {
+  MessageTooBig,
+  type PoolTransport,
+  quitIdleConnections,
+  sendRaw,
+  type SocketCallback,
+  socketHandOver,
+} from "../compat/nodemailer.ts";
+import { type ConnectionPermits, LocalPermits, type Permit } from "./permits.ts";
 
 /** Where and how one account's mail goes. */
 export interface UpstreamTarget {
@@ -27,12 +37,20 @@ export interface UpstreamTarget {
   readonly ca?: string;
   /** Name sent in EHLO. */
   readonly ehloName: string;
-  /** Most connections open at once. */
+  /**
+   * Most connections this pool opens at once (the permits are the account's cap; without
+   * permits given to the pool, this is the cap).
+   */
   readonly maxConnections: number;
   /** Messages per connection before it is replaced. */
   readonly messagesPerConnection: number;
-  /** Connect + greeting timeout, ms. */
+  /** Connect + greeting timeout, ms, from the moment the connection permit is granted. */
   readonly connectTimeoutMs: number;
+  /**
+   * Longest wait for a connection permit, ms (default {@link DEFAULT_PERMIT_WAIT_MS}); the
+   * message waiting for that connection then fails as `unreachable` (try again later).
+   */
+  readonly permitWaitMs?: number;
   /** Wait for any single reply, ms. */
   readonly socketTimeoutMs: number;
   /** Idle pooled connections are closed after this, ms. */
@@ -128,13 +146,33 @@ class TokenUnavailable extends Error {
   }
 }
 
+/** Default for {@link UpstreamTarget.permitWaitMs}: how long a message waits for a connection. */
+export const DEFAULT_PERMIT_WAIT_MS = 60_000;
+
 /** The pooled upstream of one account. */
 export class UpstreamPool {
-  readonly #transport: Transporter<SMTPPoolSentMessageInfo>;
+  readonly #transport: PoolTransport;
+  readonly #target: UpstreamTarget;
+  readonly #permits: ConnectionPermits;
+  /** Permit waits in progress, aborted by {@link UpstreamPool.close}. */
+  readonly #waits = new Set<AbortController>();
   #open = 0;
+  #closed = false;
 
-  /** Creates the pool; connections open on demand. */
-  constructor(target: UpstreamTarget, tokens: TokenProvider, observer?: UpstreamObserver) {
+  /**
+   * Creates the pool; connections open on demand, each under a permit from `permits`
+   * for `target.user`. Without `permits` the pool has its own, `target.maxConnections`
+   * of them: pools of one account that must share the cap share one
+   * {@link ConnectionPermits}.
+   */
+  constructor(
+    target: UpstreamTarget,
+    tokens: TokenProvider,
+    observer?: UpstreamObserver,
+    permits: ConnectionPermits = new LocalPermits(target.maxConnections),
+  ) {
+    this.#target = target;
+    this.#permits = permits;
     this.#transport = nodemailer.createTransport({
       pool: true,
       host: target.host,
@@ -160,7 +198,7 @@ export class UpstreamPool {
       disableUrlAccess: true,
       logger: false,
       getSocket: (_options: unknown, callback: SocketCallback) =>
-        openSocket(target, {
+        this.#connect(callback, {
           connectionOpened: () => {
             this.#open++;
             observer?.connectionOpened();
@@ -169,7 +207,7 @@ export class UpstreamPool {
             this.#open--;
             observer?.connectionClosed();
           },
-        }, callback),
+        }),
     });
     this.#transport.set(
       "oauth2_provision_cb",
@@ -188,12 +226,14 @@ export class UpstreamPool {
   /** Sends one message; never throws. */
   async send(message: OutgoingMessage): Promise<UpstreamResult> {
     try {
-      // Straight to nodemailer's pool: its Mailer would parse and re-serialise the MIME
-      // tree of a `raw` message (a third of the relay's CPU per message), for the same bytes.
-      const pool = (this.#transport as unknown as { transporter: InternalPool }).transporter;
-      const info = await new Promise<SMTPPoolSentMessageInfo>((ok, fail) =>
-        pool.send(rawMail(message), (err, info) => err ? fail(err) : ok(info))
-      );
+      const info = await sendRaw(this.#transport, {
+        from: asciiDomain(message.from),
+        to: message.to,
+        bytes: message.raw,
+        // MAIL FROM carries SIZE= (a provider refuses an oversized message before it is
+        // sent) and, for a message with 8-bit bytes, BODY=8BITMIME (RFC 6152), where offered.
+        use8BitMime: has8Bit(message.raw),
+      });
       const errors: NodemailerError[] = info.rejectedErrors ?? [];
       return {
         kind: "sent",
@@ -205,6 +245,10 @@ export class UpstreamPool {
       };
     } catch (err) {
       return classify(err);
+    } finally {
+      // The connection that sent it may now sit idle while a message of this pool waits
+      // for a permit (for another connection): let that idle connection's permit move on.
+      if (this.#waits.size > 0) setTimeout(() => this.#handOverIdle(), 0);
     }
   }
 
@@ -230,20 +274,17 @@ export class UpstreamPool {
     return this.#open;
   }
 
+  /** Connections this pool waits for a permit to open. */
+  get permitWaits(): number {
+    return this.#waits.size;
+  }
+
   /**
    * Says QUIT on every idle pooled connection and waits (at most `timeoutMs`) for them
    * to close; then closes the pool. For shutdown: the provider sees a clean goodbye.
    */
   async quit(timeoutMs = 2_000): Promise<void> {
-    // nodemailer closes pooled connections without QUIT (only its idle timer says it):
-    // reach its connection list to say it. The version is pinned; a change shows in tests.
-    const pool = (this.#transport as unknown as { transporter?: InternalPool }).transporter;
-    for (const resource of pool?._connections ?? []) {
-      if (resource.available && resource.connection) {
-        resource.available = false;
-        resource.connection.quit();
-      }
-    }
+    quitIdleConnections(this.#transport);
     const deadline = Date.now() + timeoutMs;
     while (this.#open > 0 && Date.now() < deadline) {
       await new Promise((ok) => setTimeout(ok, 10));
@@ -251,65 +292,65 @@ export class UpstreamPool {
     this.close();
   }
 
-  /** Closes pooled connections at once (no QUIT). */
+  /**
+   * Closes pooled connections at once (no QUIT). A message still waiting for a permit
+   * fails (`unreachable`) and its wait ends: nothing stays held or queued.
+   */
   close(): void {
+    this.#closed = true;
     this.#transport.close();
+    for (const wait of [...this.#waits]) wait.abort(new Error("upstream pool closed"));
   }
-}
 
-/**
- * The parts of nodemailer's SMTP pool (`lib/smtp-pool`) the relay uses directly. The
- * version is pinned in deno.json; tests/upstream and tests/relay exercise both.
- */
-interface InternalPool {
-  send(mail: RawMail, callback: (err: Error | null, info: SMTPPoolSentMessageInfo) => void): void;
-  _connections?: { available: boolean; connection?: { quit(): void } }[];
-}
+  /**
+   * nodemailer's `getSocket`: waits for a permit, then opens the socket. The permit goes
+   * back when that socket closes, or at once if no socket comes of it.
+   */
+  #connect(callback: SocketCallback, observer: UpstreamObserver): void {
+    if (this.#closed) {
+      setTimeout(() => callback(new Error("upstream pool closed")), 0);
+      return;
+    }
+    const target = this.#target;
+    const waitMs = target.permitWaitMs ?? DEFAULT_PERMIT_WAIT_MS;
+    const wait = new AbortController();
+    this.#waits.add(wait);
+    const timer = setTimeout(() => {
+      const seconds = Math.round(waitMs / 100) / 10;
+      wait.abort(new Error(`no upstream connection free within ${seconds} s (all in use)`));
+    }, waitMs);
+    const started = Date.now();
+    const waited = () => {
+      clearTimeout(timer);
+      this.#waits.delete(wait);
+      return Date.now() - started;
+    };
+    this.#permits.acquire(target.user, wait.signal).then(
+      (permit) => {
+        const waitedMs = waited();
+        if (this.#closed) {
+          permit.release();
+          return callback(new Error("upstream pool closed"));
+        }
+        openSocket(target, permit, observer, (err, socket) => {
+          if (err || !socket) return callback(err ?? new Error("connection failed"));
+          // nodemailer's connection deadline started before the wait: move it past it.
+          callback(null, socketHandOver(socket, waitedMs, target.connectTimeoutMs));
+        });
+      },
+      (err) => {
+        waited();
+        callback(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  }
 
-/** What nodemailer's pool reads from a queued mail (normally built by its Mailer). */
-interface RawMail {
-  readonly data: Record<string, never>;
-  readonly message: {
-    getEnvelope(): { from: string; to: string[]; size: number; use8BitMime: boolean };
-    messageId(): string;
-    getHeader(name: string): string;
-    /** Called again if the pool moves the message to another connection. */
-    createReadStream(): Readable;
-  };
-}
-
-/**
- * The finished message as nodemailer's pool expects it: envelope plus a fresh stream.
- * MAIL FROM carries SIZE= (a provider refuses an oversized message before it is sent)
- * and, for a message with 8-bit bytes, BODY=8BITMIME (RFC 6152), where offered.
- */
-function rawMail(message: OutgoingMessage): RawMail {
-  const bytes = Buffer.from(message.raw.buffer, message.raw.byteOffset, message.raw.byteLength);
-  const use8BitMime = has8Bit(message.raw);
-  const from = asciiDomain(message.from);
-  return {
-    data: {},
-    message: {
-      // A new object each time: nodemailer writes the outcome (`mailError`, accepted,
-      // rejected) into the envelope it is given, and a message moved to a new connection
-      // after the provider closed the old one would otherwise fail with the old error.
-      getEnvelope: () => ({
-        from,
-        to: [...message.to],
-        size: bytes.length,
-        use8BitMime,
-      }),
-      messageId: () => "",
-      getHeader: () => "",
-      createReadStream: () =>
-        new Readable({
-          read() {
-            this.push(bytes);
-            this.push(null);
-          },
-        }),
-    },
-  };
+  /** QUITs idle connections, one per permit wait at most, so their permits move on. */
+  #handOverIdle(): void {
+    if (this.#waits.size > 0 && !this.#closed) {
+      quitIdleConnections(this.#transport, this.#waits.size);
+    }
+  }
 }
 
 /**
@@ -336,20 +377,43 @@ export function has8Bit(raw: Uint8Array): boolean {
   return false;
 }
 
-type SocketCallback = (err: Error | null, socketOptions?: { connection: net.Socket }) => void;
-
+/**
+ * Opens a TCP socket to the provider under `permit`, which goes back when the socket
+ * closes, whether it connected or not: exactly once, as a socket closes once. Connecting
+ * may take `connectTimeoutMs` (TLS, greeting and login are nodemailer's to time). A
+ * revoked permit destroys the socket.
+ */
 function openSocket(
   target: UpstreamTarget,
-  observer: UpstreamObserver | undefined,
-  callback: SocketCallback,
+  permit: Permit,
+  observer: UpstreamObserver,
+  callback: (err: Error | null, socket?: net.Socket) => void,
 ): void {
-  const socket = net.connect({
-    host: target.host,
-    port: target.port,
-    ...(target.sourceAddress ? { localAddress: target.sourceAddress } : {}),
+  let socket: net.Socket;
+  try {
+    socket = net.connect({
+      host: target.host,
+      port: target.port,
+      ...(target.sourceAddress ? { localAddress: target.sourceAddress } : {}),
+    });
+  } catch (err) {
+    permit.release();
+    return callback(err instanceof Error ? err : new Error(String(err)));
+  }
+  const revoke = () => socket.destroy(new Error("connection permit revoked"));
+  permit.revoked.addEventListener("abort", revoke, { once: true });
+  socket.once("close", () => {
+    permit.revoked.removeEventListener("abort", revoke);
+    permit.release();
   });
+  if (permit.revoked.aborted) revoke();
   socket.setNoDelay(true);
+  const timer = setTimeout(() => {
+    const err = Object.assign(new Error("Connection timeout"), { code: "ETIMEDOUT" });
+    socket.destroy(err);
+  }, target.connectTimeoutMs);
   const fail = (err: Error) => {
+    clearTimeout(timer);
     if (target.sourceAddress) {
       err.message = `from source address ${target.sourceAddress}: ${err.message}`;
     }
@@ -357,10 +421,11 @@ function openSocket(
   };
   socket.once("error", fail);
   socket.once("connect", () => {
+    clearTimeout(timer);
     socket.off("error", fail);
-    observer?.connectionOpened();
-    socket.once("close", () => observer?.connectionClosed());
-    callback(null, { connection: socket });
+    observer.connectionOpened();
+    socket.once("close", () => observer.connectionClosed());
+    callback(null, socket);
   });
 }
 
@@ -377,6 +442,14 @@ function replyOf(err: NodemailerError): Reply | undefined {
 
 function classify(err: unknown): UpstreamResult {
   if (err instanceof TokenUnavailable) return { kind: "token", error: err.reason };
+  if (err instanceof MessageTooBig) {
+    // nodemailer's own check against the SIZE the provider advertised: it never fits.
+    const limit = err.limit ? ` (its limit: ${err.limit} bytes)` : "";
+    return {
+      kind: "refused",
+      reply: reply(552, "5.3.4", `Message too big for the provider${limit}`),
+    };
+  }
   const e = err as NodemailerError;
   const code = e?.responseCode;
   if (e?.code === "EAUTH") {
@@ -387,18 +460,6 @@ function classify(err: unknown): UpstreamResult {
       return { kind: "refused", reply: r };
     }
     return { kind: "auth", reply: r ?? reply(535, "5.7.8", "authentication failed") };
-  }
-  if (e?.code === "EMESSAGE" && code === undefined && e.command === "MAIL FROM") {
-    // nodemailer's own check against the SIZE the provider advertised: it never fits.
-    const limit = e.message.match(/(\d+)\s*$/)?.[1];
-    return {
-      kind: "refused",
-      reply: reply(
-        552,
-        "5.3.4",
-        `Message too big for the provider${limit ? ` (its limit: ${limit} bytes)` : ""}`,
-      ),
-    };
   }
   if ((e?.code === "EENVELOPE" || e?.code === "EMESSAGE") && code !== undefined && code >= 400) {
     const first = e.rejectedErrors?.length ? replyOf(e.rejectedErrors[0]) : undefined;
