@@ -9,7 +9,7 @@ import { DEFAULTS } from "./config/defaults.ts";
 import { AccountTokens, type RefreshOutcome, type TokenState } from "./tokens/manager.ts";
 import type { TokenStore } from "./tokens/store.ts";
 import { type UpstreamObserver, UpstreamPool, type UpstreamTarget } from "./upstream/pool.ts";
-import { LocalPermits } from "./upstream/permits.ts";
+import { type ConnectionPermits, LocalPermits } from "./upstream/permits.ts";
 import type { RelayAccount } from "./relay/relay.ts";
 import type { Quotas } from "./quota/quotas.ts";
 
@@ -92,6 +92,12 @@ export interface AccountDeps {
   readonly onRefresh: (account: string, outcome: RefreshOutcome) => void;
   /** Upstream connection counting. */
   readonly upstream?: UpstreamObserver;
+  /**
+   * The per-account connection cap, shared by every runtime of an address: after a reload
+   * the retired pool and the new one hold permits from the same cap. Without it each
+   * runtime has a cap of its own (the `check` command).
+   */
+  readonly permits?: ConnectionPermits;
 }
 
 /**
@@ -113,6 +119,8 @@ export class AccountRuntime {
   readonly relayAccount: RelayAccount;
   #inflight = 0;
   #retired = false;
+  /** Replaced by a reload, still usable until {@link retire}'s grace period ends. */
+  #retiring = false;
   #lastError?: string;
 
   /** Builds the runtime; nothing connects or refreshes until first use. */
@@ -130,7 +138,7 @@ export class AccountRuntime {
       upstreamTarget(relayConfig, config),
       (renew) => renew ? tokens.renew() : tokens.get(),
       deps.upstream,
-      new LocalPermits(config.maxConnections),
+      deps.permits ?? new LocalPermits(config.maxConnections),
     );
     this.relayAccount = {
       email: config.email,
@@ -166,7 +174,11 @@ export class AccountRuntime {
    * before a short grace period (a session may still be between MAIL and DATA).
    */
   retire(graceMs = RETIRE_GRACE_MS): void {
-    if (this.#retired) return;
+    if (this.#retired || this.#retiring) return;
+    // Its successor shares the account's connection cap: idle connections go now, so their
+    // permits move on to the new runtime; the pool itself stays usable for the grace period.
+    this.#retiring = true;
+    if (this.#inflight === 0) this.pool.quitIdle();
     const close = () => {
       this.#retired = true;
       this.#closeIfDone();
@@ -181,6 +193,11 @@ export class AccountRuntime {
    * relay may follow a message with its non-delivery report through the same account.
    */
   #closeIfDone(): void {
+    if (this.#retiring && !this.#retired && this.#inflight === 0) {
+      setTimeout(() => {
+        if (this.#inflight === 0 && !this.#retired) this.pool.quitIdle();
+      }, 0);
+    }
     if (!this.#retired || this.#inflight > 0) return;
     setTimeout(() => {
       if (this.#inflight === 0) this.pool.close();

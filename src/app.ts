@@ -21,6 +21,8 @@ import { planReload } from "./reload.ts";
 import { readiness } from "./readiness.ts";
 import { readTls } from "./tls.ts";
 import { checkSmtpServer } from "./compat/smtp_server.ts";
+import { checkNodemailer } from "./compat/nodemailer.ts";
+import { LocalPermits } from "./upstream/permits.ts";
 import { Metrics } from "./metrics.ts";
 import { startHttp } from "./http.ts";
 
@@ -61,10 +63,17 @@ const QUOTA_FLUSH_MS = 10_000;
 /** How long shutdown waits for non-delivery reports still being sent. */
 const REPORTS_GRACE_MS = 5_000;
 
+/** Once per process: the library internals the relay relies on are all there. */
+let librariesChecked: Promise<unknown> | undefined;
+
 /** Starts everything the config describes. */
 export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
-  // Library internals the ingress relies on: a version that lacks one fails here.
-  checkSmtpServer();
+  // A library version that lacks an internal the relay relies on fails the start here,
+  // naming the library and the missing piece, instead of failing messages later.
+  librariesChecked ??= Promise.resolve().then(() => checkSmtpServer()).then(() =>
+    checkNodemailer()
+  );
+  await librariesChecked;
   /** The config in force (restart-only settings as started). */
   let config = initial;
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
@@ -83,6 +92,11 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
       logRefresh(account, outcome);
     },
     upstream: metrics,
+    // One cap per address, as configured now, for every runtime of it (see AccountDeps).
+    permits: new LocalPermits((account) =>
+      config.accounts.find((a) => a.email.toLowerCase() === account.toLowerCase())
+        ?.maxConnections ?? 1
+    ),
   };
   const accounts = registry = new AccountRegistry(deps, quotas);
   accounts.apply(config);

@@ -293,6 +293,14 @@ export class UpstreamPool {
   }
 
   /**
+   * Says QUIT on every idle pooled connection (their permits go back as they close); the
+   * pool stays usable and opens new connections on demand. For a pool being retired.
+   */
+  quitIdle(): void {
+    if (!this.#closed) quitIdleConnections(this.#transport);
+  }
+
+  /**
    * Closes pooled connections at once (no QUIT). A message still waiting for a permit
    * fails (`unreachable`) and its wait ends: nothing stays held or queued.
    */

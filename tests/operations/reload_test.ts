@@ -7,7 +7,14 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { parseConfig } from "../../src/config/load.ts";
 import { SANDBOX_CERT_PEM, SANDBOX_KEY_PEM } from "../../src/sandbox/tls.ts";
-import { type Harness, PASSWORD, rawMessage, sandboxConfig, startHarness } from "../harness.ts";
+import {
+  type Harness,
+  PASSWORD,
+  rawMessage,
+  sandboxConfig,
+  startHarness,
+  until,
+} from "../harness.ts";
 import { plain, RawSmtp } from "../smtp_client.ts";
 
 const FIXTURES = new URL("../fixtures/", import.meta.url);
@@ -135,4 +142,37 @@ Deno.test("reload: quota use by a session that began before the reload is counte
   );
   assert.equal(saved.recent.length, 2);
   await Deno.remove(h.stateDir, { recursive: true });
+});
+
+Deno.test("reload: a changed account's old and new connections share its cap (no 432 from the provider)", async () => {
+  const h = await startHarness({ accountExtras: () => ({ maxConnections: 1 }) });
+  try {
+    h.sandbox.smtpFaults.maxConnectionsPerUser = 1; // the provider's cap, as Microsoft's 3
+    const a = h.accounts[0];
+    const { client: s } = await RawSmtp.connect(h.relay.smtp.port);
+    await s.command("EHLO c");
+    await s.command(`AUTH PLAIN ${plain(a.email, PASSWORD)}`);
+    await s.command(`MAIL FROM:<${a.email}>`);
+    await s.command("RCPT TO:<r@example.net>");
+    assert.equal((await s.command("DATA")).code, 354);
+    h.sandbox.smtpFaults.replyDelayMs = 400; // the provider is slow to take it
+    await s.send("Subject: in flight\r\n\r\nbody\r\n.");
+    assert.ok(await until(() => h.sandbox.smtp.openConnections === 1));
+
+    const changed = await sandboxConfig(h.sandbox, h.accounts, h.stateDir, {}, () => ({
+      maxConnections: 1,
+      aliases: ["alias0@example.com"],
+    }));
+    assert.deepEqual(await h.relay.reload(parseConfig(changed)), []);
+    // The new runtime waits for the old one's connection instead of opening a second.
+    const second = send(h);
+    assert.match((await s.reply()).last, /^250 2\.0\.0 OK/);
+    h.sandbox.smtpFaults.replyDelayMs = 0;
+    assert.match(await second, /^250 /);
+    await s.close();
+    assert.equal(h.sandbox.received.length, 2);
+    assert.equal(h.sandbox.stats.smtp.authFailures, 0);
+  } finally {
+    await h.close();
+  }
 });
