@@ -157,7 +157,7 @@ export class AccountRuntime {
           }
           const r = await this.pool.send(m);
           if (r.kind === "unreachable") this.#lastError = r.detail;
-          else if (r.kind === "auth" || r.kind === "refused") {
+          else if (r.kind === "auth" || r.kind === "rejected") {
             this.#lastError = `${r.reply.code} ${r.reply.enhanced} ${r.reply.text}`;
           }
           return r;

@@ -6,14 +6,7 @@
  * @module
  */
 import { formatReply, type Reply } from "../smtp/reply.ts";
-
-/** A recipient the provider refused, and how. */
-export interface FailedRecipient {
-  /** The address as given in RCPT TO. */
-  readonly recipient: string;
-  /** The provider's reply to it. */
-  readonly reply: Reply;
-}
+import type { RefusedRecipient } from "../upstream/pool.ts";
 
 /** What a report says. */
 export interface ReportInput {
@@ -24,7 +17,7 @@ export interface ReportInput {
   /** The original's envelope sender: the report's recipient. */
   readonly sender: string;
   /** The refused recipients. */
-  readonly recipients: readonly FailedRecipient[];
+  readonly recipients: readonly RefusedRecipient[];
   /** The original message; its header section is attached, its body is not. */
   readonly original: Uint8Array;
   /** When the relay received the original. */

@@ -10,7 +10,7 @@ import { formatReply, type Reply, reply } from "../smtp/reply.ts";
 import {
   describeResult,
   type OutgoingMessage,
-  type RejectedRecipient,
+  type RefusedRecipient,
   type UpstreamResult,
 } from "../upstream/pool.ts";
 import { nonDeliveryReport } from "./dsn.ts";
@@ -218,20 +218,21 @@ export class Relay implements Backend {
     const started = performance.now();
     const arrivedAt = Date.now();
     const outcome = await this.#attempt(entry.account, tx);
-    if (outcome.rejected?.length && tx.from !== "") {
-      const report = this.#report(entry.account, tx, outcome.rejected, new Date(arrivedAt));
+    const refused = outcome.refusedRecipients;
+    if (refused.length > 0 && tx.from !== "") {
+      const report = this.#report(entry.account, tx, refused, new Date(arrivedAt));
       this.#reports.add(report);
       const done = () => this.#reports.delete(report);
       report.then(done, done);
     }
     const seconds = (performance.now() - started) / 1000;
-    this.#observer?.messageDone(outcome.result, seconds, outcome.refused, entry.account.email);
+    this.#observer?.messageDone(outcome.result, seconds, refused.length, entry.account.email);
     const props = {
       account: entry.account.email,
       result: outcome.result,
       size: tx.message.length,
       recipients: tx.to.length,
-      refused: outcome.refused,
+      refused: refused.length,
       reply: formatReply(outcome.reply),
       durationMs: Math.round(seconds * 1000),
     };
@@ -251,14 +252,14 @@ export class Relay implements Backend {
   async #report(
     account: RelayAccount,
     tx: Transaction,
-    rejected: readonly RejectedRecipient[],
+    refused: readonly RefusedRecipient[],
     arrival: Date,
   ): Promise<void> {
-    const props = { account: account.email, recipients: rejected.length };
+    const props = { account: account.email, recipients: refused.length };
     let result: ReportResult;
     let why: string;
     try {
-      [result, why] = await this.#sendReport(account, tx, rejected, arrival);
+      [result, why] = await this.#sendReport(account, tx, refused, arrival);
     } catch (err) {
       // Not expected (deliver never throws); a report must not take the process down.
       [result, why] = ["failed", err instanceof Error ? err.message : String(err)];
@@ -274,7 +275,7 @@ export class Relay implements Backend {
   async #sendReport(
     account: RelayAccount,
     tx: Transaction,
-    rejected: readonly RejectedRecipient[],
+    refused: readonly RefusedRecipient[],
     arrival: Date,
   ): Promise<[ReportResult, string]> {
     const reserved = await this.#quotas.reserve(account.email, account.quota, 1);
@@ -283,15 +284,15 @@ export class Relay implements Backend {
       reportingMta: this.#name,
       account: account.email,
       sender: tx.from,
-      recipients: rejected,
+      recipients: refused,
       original: tx.message,
       arrival,
     });
     let r = await account.deliver({ from: "", to: [tx.from], raw });
-    if (r.kind === "refused") {
+    if (r.kind === "rejected") {
       r = await account.deliver({ from: account.email, to: [tx.from], raw });
     }
-    if (r.kind === "sent" && r.rejected.length === 0) {
+    if (r.kind === "sent" && r.refusedRecipients.length === 0) {
       reserved.commit();
       return ["sent", ""];
     }
@@ -306,7 +307,7 @@ export class Relay implements Backend {
       return {
         result: "quota",
         reply: reply(451, "4.7.0", quotaText(account.email, reserved)),
-        refused: 0,
+        refusedRecipients: [],
       };
     }
     try {
@@ -389,9 +390,8 @@ class RelaySession implements Session {
 interface Outcome {
   readonly result: MessageResult;
   readonly reply: Reply;
-  readonly refused: number;
   /** Recipients the provider refused while it took the message for others. */
-  readonly rejected?: readonly RejectedRecipient[];
+  readonly refusedRecipients: readonly RefusedRecipient[];
 }
 
 const QUOTA_NAMES: Record<QuotaKind, string> = {
@@ -415,13 +415,13 @@ function tokenFailure(err: unknown): Outcome {
         "4.7.0",
         clipReply(`Account needs re-authorization by the relay operator (${message})`),
       ),
-      refused: 0,
+      refusedRecipients: [],
     };
   }
   return {
     result: "token_error",
     reply: reply(451, "4.4.3", `Cannot get an access token, try again later: ${message}`),
-    refused: 0,
+    refusedRecipients: [],
   };
 }
 
@@ -429,12 +429,18 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
   switch (r.kind) {
     case "sent": {
       const upstream = `upstream said: ${formatReply(r.reply)}`;
-      if (r.rejected.length === 0) {
-        return { result: "delivered", reply: reply(250, "2.0.0", `OK, ${upstream}`), refused: 0 };
+      if (r.refusedRecipients.length === 0) {
+        return {
+          result: "delivered",
+          reply: reply(250, "2.0.0", `OK, ${upstream}`),
+          refusedRecipients: [],
+        };
       }
-      const refused = r.rejected.map((x) => `<${x.recipient}> ${x.reply.code} ${x.reply.enhanced}`)
+      const refused = r.refusedRecipients.map((x) =>
+        `<${x.recipient}> ${x.reply.code} ${x.reply.enhanced}`
+      )
         .join(", ");
-      const accepted = recipients - r.rejected.length;
+      const accepted = recipients - r.refusedRecipients.length;
       return {
         result: "partial",
         reply: reply(
@@ -442,15 +448,14 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
           "2.0.0",
           clipReply(`Delivered to ${accepted} of ${recipients} recipients; refused: ${refused}`),
         ),
-        refused: r.rejected.length,
-        rejected: r.rejected,
+        refusedRecipients: r.refusedRecipients,
       };
     }
-    case "refused":
+    case "rejected":
       return {
         result: r.reply.code >= 500 ? "rejected" : "deferred",
         reply: reply(clientCode(r.reply.code), r.reply.enhanced, clipReply(r.reply.text)),
-        refused: 0,
+        refusedRecipients: [],
       };
     case "auth":
       return {
@@ -460,7 +465,7 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
           "4.7.0",
           clipReply(`Provider refused the relay's token, try again later: ${formatReply(r.reply)}`),
         ),
-        refused: 0,
+        refusedRecipients: [],
       };
     case "token":
       return tokenFailure(r.error);
@@ -468,7 +473,7 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
       return {
         result: "unreachable",
         reply: reply(451, "4.4.1", clipReply(`Provider unreachable, try again later: ${r.detail}`)),
-        refused: 0,
+        refusedRecipients: [],
       };
   }
 }

@@ -70,8 +70,12 @@ export interface UpstreamObserver {
   connectionClosed(): void;
 }
 
-/** A recipient the provider refused while accepting others. */
-export interface RejectedRecipient {
+/**
+ * A recipient the provider refused while it accepted the message for others. Naming
+ * across the relay: a *rejected* message (the whole of it, `kind: "rejected"`), a
+ * *refused* recipient (one RCPT TO).
+ */
+export interface RefusedRecipient {
   /** The address. */
   readonly recipient: string;
   /** The provider's reply to its RCPT. */
@@ -86,11 +90,11 @@ export type UpstreamResult =
     /** The provider's final reply. */
     readonly reply: Reply;
     /** Recipients it refused. */
-    readonly rejected: readonly RejectedRecipient[];
+    readonly refusedRecipients: readonly RefusedRecipient[];
   }
   | {
-    /** The provider replied 4xx/5xx to the envelope or the message. */
-    readonly kind: "refused";
+    /** The provider rejected the message: 4xx/5xx to the envelope or to the message. */
+    readonly kind: "rejected";
     /** That reply, as the provider worded it. */
     readonly reply: Reply;
   }
@@ -117,7 +121,7 @@ export type UpstreamResult =
 export function describeResult(r: UpstreamResult): string {
   switch (r.kind) {
     case "sent":
-      return formatReply(r.rejected.length ? r.rejected[0].reply : r.reply);
+      return formatReply(r.refusedRecipients.length ? r.refusedRecipients[0].reply : r.reply);
     case "unreachable":
       return r.detail;
     case "token":
@@ -238,7 +242,7 @@ export class UpstreamPool {
       return {
         kind: "sent",
         reply: parseReply(info.response) ?? reply(250, "2.0.0", info.response),
-        rejected: errors.map((e) => ({
+        refusedRecipients: errors.map((e) => ({
           recipient: e.recipient ?? "",
           reply: replyOf(e) ?? reply(550, "5.0.0", "recipient refused"),
         })),
@@ -262,7 +266,7 @@ export class UpstreamPool {
       return {
         kind: "sent",
         reply: reply(235, "2.7.0", "Authentication successful"),
-        rejected: [],
+        refusedRecipients: [],
       };
     } catch (err) {
       return classify(err);
@@ -454,7 +458,7 @@ function classify(err: unknown): UpstreamResult {
     // nodemailer's own check against the SIZE the provider advertised: it never fits.
     const limit = err.limit ? ` (its limit: ${err.limit} bytes)` : "";
     return {
-      kind: "refused",
+      kind: "rejected",
       reply: reply(552, "5.3.4", `Message too big for the provider${limit}`),
     };
   }
@@ -465,14 +469,14 @@ function classify(err: unknown): UpstreamResult {
     // Any other reply (Microsoft's 432 4.3.2 connection limit, say) is the provider's word.
     const r = replyOf(e);
     if (r && code !== undefined && code >= 400 && ![530, 534, 535].includes(code)) {
-      return { kind: "refused", reply: r };
+      return { kind: "rejected", reply: r };
     }
     return { kind: "auth", reply: r ?? reply(535, "5.7.8", "authentication failed") };
   }
   if ((e?.code === "EENVELOPE" || e?.code === "EMESSAGE") && code !== undefined && code >= 400) {
     const first = e.rejectedErrors?.length ? replyOf(e.rejectedErrors[0]) : undefined;
     const r = first ?? replyOf(e);
-    if (r) return { kind: "refused", reply: r };
+    if (r) return { kind: "rejected", reply: r };
   }
   // Connection, TLS (including a server without STARTTLS), greeting and protocol failures.
   const detail = [e?.code, e?.message?.split("\n")[0]].filter(Boolean).join(": ");

@@ -45,7 +45,8 @@ function fakeAccount(
     deliver: (m) => {
       sent.push(m);
       return Promise.resolve(
-        results.shift() ?? { kind: "sent", reply: reply(250, "2.0.0", "OK"), rejected: [] },
+        results.shift() ??
+          { kind: "sent", reply: reply(250, "2.0.0", "OK"), refusedRecipients: [] },
       );
     },
     ...extra,
@@ -113,7 +114,7 @@ Deno.test("backend: data without a sender is a sequence error; recipients and by
 Deno.test("backend: only what the provider took counts against the quota; a refusal is given back", async () => {
   let now = T0;
   const a = fakeAccount("a@example.com", [
-    { kind: "refused", reply: reply(550, "5.7.1", "Sender refused") },
+    { kind: "rejected", reply: reply(550, "5.7.1", "Sender refused") },
     { kind: "unreachable", detail: "ECONNREFUSED" },
   ]);
   const { relay, quotas } = relayWith([a], () => now);
@@ -153,7 +154,7 @@ Deno.test("backend: a client gone mid-delivery does not undo the quota use of a 
   const a = fakeAccount("a@example.com", [], {
     deliver: async () => {
       await gate;
-      return { kind: "sent", reply: reply(250, "2.0.0", "OK"), rejected: [] };
+      return { kind: "sent", reply: reply(250, "2.0.0", "OK"), refusedRecipients: [] };
     },
   });
   const { relay, quotas } = relayWith([a]);
