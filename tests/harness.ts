@@ -4,6 +4,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
+import { Buffer } from "node:buffer";
 import nodemailer from "nodemailer";
 import type { SMTPSentMessageInfo, Transporter } from "nodemailer";
 import { parseConfig, type RelayConfig } from "../src/config/load.ts";
@@ -255,4 +256,26 @@ export async function startTaskArgs(ports: TaskPorts): Promise<string[]> {
     throw new Error("the start task has no --allow-net");
   }
   return [...args, "--port", String(ports.smtp), "--metrics-port", String(ports.metrics)];
+}
+
+/**
+ * Sends a small message as account `i` (nodemailer, AUTH PLAIN) and returns the relay's
+ * final reply line, also for a refusal.
+ */
+export async function sendMessage(
+  h: Harness,
+  i = 0,
+  to: string[] = ["r@example.net"],
+  password = PASSWORD,
+): Promise<string> {
+  const a = h.accounts[i];
+  try {
+    const info = await h.client(a, { password }).sendMail({
+      envelope: { from: a.email, to },
+      raw: Buffer.from(rawMessage(a.email, to[0], "x\r\n")),
+    });
+    return info.response;
+  } catch (err) {
+    return (err as { response?: string }).response ?? String(err);
+  }
 }

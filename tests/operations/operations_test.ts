@@ -3,34 +3,15 @@
  * persistence, provider connection cap), source addresses, /accounts and `status`.
  */
 import assert from "node:assert/strict";
-import { Buffer } from "node:buffer";
 import { fileURLToPath } from "node:url";
 import { parseConfig } from "../../src/config/load.ts";
 import { startRelay } from "../../src/app.ts";
-import {
-  type Harness,
-  metricValue,
-  PASSWORD,
-  rawMessage,
-  sandboxConfig,
-  startHarness,
-} from "../harness.ts";
+import { metricValue, PASSWORD, sandboxConfig, sendMessage, startHarness } from "../harness.ts";
 import { plain, RawSmtp } from "../smtp_client.ts";
 
 const MAIN = fileURLToPath(new URL("../../src/main.ts", import.meta.url));
 
-async function send(h: Harness, i = 0, to = ["r@example.net"], password = PASSWORD) {
-  const a = h.accounts[i];
-  try {
-    const info = await h.client(a, { password }).sendMail({
-      envelope: { from: a.email, to },
-      raw: Buffer.from(rawMessage(a.email, to[0], "x\r\n")),
-    });
-    return info.response;
-  } catch (err) {
-    return (err as { response?: string }).response ?? String(err);
-  }
-}
+const send = sendMessage;
 
 Deno.test("reload: accounts added, removed and changed; open sessions and in-flight messages finish", async () => {
   const h = await startHarness({ accounts: 3 });

@@ -4,14 +4,13 @@
  * on the same counters as the new config's.
  */
 import assert from "node:assert/strict";
-import { Buffer } from "node:buffer";
 import { parseConfig } from "../../src/config/load.ts";
 import { SANDBOX_CERT_PEM, SANDBOX_KEY_PEM } from "../../src/sandbox/tls.ts";
 import {
   type Harness,
   PASSWORD,
-  rawMessage,
   sandboxConfig,
+  sendMessage,
   startHarness,
   until,
 } from "../harness.ts";
@@ -19,18 +18,7 @@ import { plain, RawSmtp } from "../smtp_client.ts";
 
 const FIXTURES = new URL("../fixtures/", import.meta.url);
 
-async function send(h: Harness, i = 0): Promise<string> {
-  const a = h.accounts[i];
-  try {
-    const info = await h.client(a).sendMail({
-      envelope: { from: a.email, to: ["r@example.net"] },
-      raw: Buffer.from(rawMessage(a.email, "r@example.net", "x\r\n")),
-    });
-    return info.response;
-  } catch (err) {
-    return (err as { response?: string }).response ?? String(err);
-  }
-}
+const send = sendMessage;
 
 /** The config object of `h` with `extra` merged at the top level. */
 async function configWith(h: Harness, extra: Record<string, unknown>) {
