@@ -231,6 +231,8 @@ export const configSchema = z.object({
     tarpitStepMs: z.int("expected an integer").min(0, "expected ms >= 0").default(
       DEFAULTS.tarpitStepMs,
     ),
+    authFailuresBeforeAccountLock: positiveInt.default(DEFAULTS.authFailuresBeforeAccountLock),
+    authFailureExempt: cidrList.default([...DEFAULTS.authFailureExempt]),
     maxUnauthenticatedCommands: positiveInt.default(DEFAULTS.maxUnauthenticatedCommands),
     maxCommandLength: z.int("expected an integer").min(512, "expected at least 512 bytes")
       .default(DEFAULTS.maxCommandLength),

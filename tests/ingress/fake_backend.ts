@@ -90,6 +90,8 @@ export interface FakeIngressOptions {
   trustedNetworks?: string[];
   /** Limits over the defaults below. */
   limits?: Partial<IngressOptions["limits"]>;
+  /** The ingress's account-name hook. */
+  accountName?: (username: string) => string | undefined;
 }
 
 /**
@@ -131,6 +133,7 @@ export async function withIngress(
     },
     backend,
     observer,
+    accountName: options.accountName,
     onError: (err) => errors.push(err),
   });
   try {

@@ -369,11 +369,16 @@ Deno.test("connection limits: per IP and overall, 421 4.7.0", async () => {
   }
 });
 
-Deno.test("authentication failures: tarpit, then 421 and disconnect; loopback is never cut off", async () => {
+Deno.test("authentication failures: tarpit, then 421 and disconnect; an exempt address is never cut off", async () => {
   const h = await startHarness({
     config: {
       smtp: { port: 0, proxyFrom: ["127.0.0.1"], allowPlaintextAuth: true },
-      limits: { authFailuresBeforeTarpit: 2, authFailuresBeforeDisconnect: 3, tarpitStepMs: 300 },
+      limits: {
+        authFailuresBeforeTarpit: 2,
+        authFailuresBeforeDisconnect: 3,
+        tarpitStepMs: 300,
+        authFailureExempt: ["127.0.0.1/32"],
+      },
     },
   });
   const bad = `AUTH PLAIN ${plain("user0@example.com", "wrong")}`;
@@ -395,7 +400,7 @@ Deno.test("authentication failures: tarpit, then 421 and disconnect; loopback is
     assert.equal(locked.last, "421 4.7.0 Too many failed authentications, try again later");
     assert.ok(await c.closedByServer());
     await c.close();
-    // Loopback clients share an address: their failures are tarpitted, never a lock-out.
+    // Exempt (local programs sharing an address): tarpitted, never a lock-out.
     const { client: l } = await RawSmtp.connect(h.relay.smtp.port, { proxy: "127.0.0.1" });
     await l.command("EHLO c");
     for (let i = 0; i < 4; i++) assert.equal((await l.command(bad)).code, 535);
