@@ -198,6 +198,7 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
       "size",
       "clients",
       "per_ip",
+      "idle_shed",
       "session_timeout",
     ];
     for (const reason of refusals) this.#ingressRefusals.inc({ reason }, 0);

@@ -51,6 +51,23 @@ export const DEFAULTS = {
    * client is loopback. Exempt `127.0.0.1/32` only if loopback clients are local programs.
    */
   authFailureExempt: [] as readonly string[],
+  /**
+   * Sessions held back for clients from trusted networks: others are refused (or must
+   * displace an idle session) once `maxClients - trustedReserve` sessions are open.
+   */
+  trustedReserve: 0,
+  /**
+   * Shedding under pressure: from this share of `maxClients` (%) on, each new client closes
+   * the longest-idle session that has not logged in (not trusted, no AUTH under way) if it
+   * has been idle `idleShedSeconds`, with 421 4.4.2; at the cap, whatever its idle time.
+   */
+  idleShedPercent: 80,
+  /**
+   * Under pressure (`idleShedPercent`), a session that has not logged in may be closed once
+   * idle this long, in s, instead of after `idleTimeoutSeconds`. Idle: no EHLO, RSET,
+   * STARTTLS or AUTH since (NOOP and the like do not count).
+   */
+  idleShedSeconds: 10,
   /** Commands an untrusted client may send before authenticating; then 421. */
   maxUnauthenticatedCommands: 10,
   /** Longest SMTP command line, in bytes (RFC 5321: 512; AUTH lines are longer). */

@@ -1,7 +1,7 @@
 /**
- * Abuse limits of the SMTP listeners: concurrent clients overall and per IP, and
- * authentication failures per IP and per account (tarpit, then disconnect per IP; a lock
- * per account).
+ * Abuse limits of the SMTP listeners: concurrent clients overall and per IP (with a
+ * reserve for trusted networks), and authentication failures per IP and per account
+ * (tarpit, then disconnect per IP; a lock per account).
  * @module
  */
 import { DEFAULTS } from "../config/defaults.ts";
@@ -31,6 +31,15 @@ export interface LimitOptions {
    * count towards them (trusted networks are always treated so). Default none.
    */
   readonly authFailureExempt?: readonly string[];
+  /** Sessions only clients from trusted networks may use. Default {@link DEFAULTS.trustedReserve}. */
+  readonly trustedReserve?: number;
+  /**
+   * From this share of the cap (%), a new client closes the longest-idle session that has not
+   * logged in if it has been idle {@link idleShedSeconds}. Default {@link DEFAULTS.idleShedPercent}.
+   */
+  readonly idleShedPercent?: number;
+  /** See {@link idleShedPercent}, seconds. Default {@link DEFAULTS.idleShedSeconds}. */
+  readonly idleShedSeconds?: number;
 }
 
 /** Counts open sessions overall and per address. */
@@ -39,7 +48,7 @@ export class ConnectionLimiter {
   readonly #perIp = new Map<string, number>();
   #total = 0;
 
-  /** Uses the max* fields of `options`. */
+  /** Uses the max* fields and `trustedReserve` of `options`. */
   constructor(options: LimitOptions) {
     this.#o = options;
   }
@@ -50,13 +59,15 @@ export class ConnectionLimiter {
   }
 
   /**
-   * Admits a session from `ip` or says why not ("clients" or "ip"). An admitted
-   * session must be {@link release}d exactly once.
+   * Admits a session from `ip` or says why not ("ip" or "clients"). Clients outside
+   * trusted networks are capped `trustedReserve` below `maxClients`. An admitted session
+   * must be {@link release}d exactly once.
    */
-  admit(ip: string): "ok" | "clients" | "ip" {
-    if (this.#total >= this.#o.maxClients) return "clients";
+  admit(ip: string, trusted = false): "ok" | "clients" | "ip" {
     const n = this.#perIp.get(ip) ?? 0;
     if (n >= this.#o.maxConnectionsPerIp) return "ip";
+    const reserve = trusted ? 0 : this.#o.trustedReserve ?? DEFAULTS.trustedReserve;
+    if (this.#total >= this.#o.maxClients - reserve) return "clients";
     this.#perIp.set(ip, n + 1);
     this.#total++;
     return "ok";

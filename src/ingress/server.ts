@@ -16,6 +16,7 @@ import type { Backend, IngressObserver, Session } from "./backend.ts";
 import { isLoopback, NetworkList, unmapped } from "./network.ts";
 import { AuthThrottle, ConnectionLimiter, type LimitOptions } from "./limits.ts";
 import { recipientProblem } from "./address.ts";
+import { DEFAULTS } from "../config/defaults.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
 import {
   attach,
@@ -110,6 +111,10 @@ class Client {
   trusted = false;
   /** Outside the AUTH-failure limits (trusted network or `authFailureExempt`). */
   exempt = false;
+  /** Last sign of progress towards a login (connect, EHLO, RSET, STARTTLS, AUTH), ms. */
+  lastActive = performance.now();
+  /** An AUTH is being checked (or waits for its turn): not to be shed. */
+  authenticating = false;
   /** The backend's session; opened once the client is admitted. */
   session?: Session;
   /** Logged in since the session (re)started. */
@@ -143,6 +148,7 @@ const ACCOUNT_LOCKED = reply(
   "4.7.0",
   "Too many failed authentications for this account, try again later",
 );
+const IDLE_SHED = "4.4.2 Idle too long, closing";
 const SESSION_LIMIT = "4.4.2 Session time limit exceeded, closing";
 const SHUTTING_DOWN = reply(421, "4.3.2", "Service shutting down, try again later");
 const LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later");
@@ -182,6 +188,7 @@ class Listener extends SMTPServer {
     const client = new Client(connection);
     attach(connection.session, client);
     onTransactionReset(connection, () => {
+      client.lastActive = performance.now();
       if (client.authenticated && !connection.session.user) client.authenticated = false;
       client.session?.reset();
     });
@@ -197,6 +204,11 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
   const authExempt = new NetworkList(o.limits.authFailureExempt ?? []);
   /** Admitted clients. */
   const clients = new Set<Client>();
+  /** From this many open sessions on, a new client sheds an idle one (see {@link shed}). */
+  const shedFrom = Math.ceil(
+    o.limits.maxClients * (o.limits.idleShedPercent ?? DEFAULTS.idleShedPercent) / 100,
+  );
+  const shedIdleMs = (o.limits.idleShedSeconds ?? DEFAULTS.idleShedSeconds) * 1000;
   const servers: Listener[] = [];
 
   let draining = false;
@@ -217,6 +229,42 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         props,
       );
     } else log.warn(`AUTH as one username (not logged) locked for {seconds} s: ${why}`, props);
+  };
+
+  /** Forgets an admitted client (once): its capacity is free from now on. */
+  const release = (c: Client) => {
+    if (!clients.delete(c)) return;
+    clearTimeout(c.timer);
+    limiter.release(c.ip);
+    observer?.sessionClosed();
+    try {
+      c.session?.logout();
+    } catch (err) {
+      o.onError?.(err);
+    }
+    checkDrained();
+  };
+
+  /**
+   * Closes the session idle longest among those that have not logged in (not trusted, no
+   * AUTH under way, so none in a transaction) if it has been idle `minIdleMs`. Its capacity
+   * is free at once. True if one was closed.
+   */
+  const shed = (minIdleMs: number): boolean => {
+    let idlest: Client | undefined;
+    for (const c of clients) {
+      if (c.authenticated || c.trusted || c.authenticating || c.busy) continue;
+      if (!idlest || c.lastActive < idlest.lastActive) idlest = c;
+    }
+    if (!idlest || performance.now() - idlest.lastActive < minIdleMs) return false;
+    observer?.refused("idle_shed");
+    log.debug("closed an idle session from {ip} that had not logged in: {open} sessions open", {
+      ip: idlest.ip,
+      open: limiter.total,
+    });
+    idlest.send(421, IDLE_SHED);
+    release(idlest);
+    return true;
   };
 
   for (const l of o.listeners) {
@@ -248,7 +296,15 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         c.trusted = trusted.has(c.ip);
         c.exempt = c.trusted || authExempt.has(c.ip);
         if (draining) return callback(smtpError(SHUTTING_DOWN));
-        const admitted = limiter.admit(c.ip);
+        // Under pressure, idle sessions that have not logged in make room for new clients:
+        // from `idleShedPercent` one idle `idleShedSeconds`, at the cap the idlest one.
+        const open = limiter.total;
+        let admitted = limiter.admit(c.ip, c.trusted);
+        if (admitted === "clients") {
+          if (shed(0)) admitted = limiter.admit(c.ip, c.trusted);
+        } else if (admitted === "ok" && open >= shedFrom) {
+          shed(shedIdleMs);
+        }
         if (admitted !== "ok") {
           observer?.refused(admitted === "ip" ? "per_ip" : "clients");
           const why = admitted === "ip" ? "from your address" : "";
@@ -272,16 +328,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
 
       onClose(session) {
         const c = attached<Client>(session);
-        if (!c || !clients.delete(c)) return;
-        clearTimeout(c.timer);
-        limiter.release(c.ip);
-        observer?.sessionClosed();
-        try {
-          c.session?.logout();
-        } catch (err) {
-          o.onError?.(err);
-        }
-        checkDrained();
+        if (c) release(c);
       },
 
       onAuth(auth, session, callback) {
@@ -299,15 +346,20 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           callback(smtpError(THROTTLED)); // 421: smtp-server closes the session
           return;
         }
+        c.authenticating = true;
+        c.lastActive = performance.now();
         // An account that failed too often is locked for clients that are not exempt: they
         // are refused without a password check, so a guess cannot succeed during the lock.
         const turn = c.exempt ? Promise.resolve("check" as const) : throttle.begin(username);
         turn.then((decision) => {
           if (decision === "locked") {
+            c.authenticating = false;
             observer?.refused("auth_account_locked");
             return callback(smtpError(ACCOUNT_LOCKED));
           }
           const done = () => {
+            c.authenticating = false;
+            c.lastActive = performance.now();
             if (!c.exempt) throttle.checked(username);
           };
           // Gone while waiting for its turn: the backend's session is logged out already.
