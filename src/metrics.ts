@@ -185,6 +185,23 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
     for (const k of ["messages_per_day", "recipients_per_day", "messages_per_minute"]) {
       this.#quota.inc({ kind: k }, 0);
     }
+    // The ingress's refusal reasons (see IngressObserver.refused).
+    const refusals = [
+      "auth",
+      "auth_plaintext",
+      "auth_throttled",
+      "auth_account_locked",
+      "unauthenticated",
+      "sender",
+      "recipient_syntax",
+      "recipients",
+      "size",
+      "clients",
+      "per_ip",
+      "idle_shed",
+      "session_timeout",
+    ];
+    for (const reason of refusals) this.#ingressRefusals.inc({ reason }, 0);
     for (const r of ["success", "failure"]) this.#refreshes.inc({ result: r }, 0);
     for (const r of ["success", "failure"]) this.#reloads.inc({ result: r }, 0);
   }

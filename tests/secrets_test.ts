@@ -199,7 +199,12 @@ Deno.test("no password, token, client secret or password hash in logs, metrics, 
       accounts: 2,
       config: {
         tokens: { attempts: 2, retryBaseMs: 10, timeoutMs: 1_000 },
-        limits: { tarpitStepMs: 0, authFailuresBeforeDisconnect: 25 },
+        // Loopback exempt from the AUTH-failure limits: the failures below are all checked.
+        limits: {
+          tarpitStepMs: 0,
+          authFailuresBeforeDisconnect: 25,
+          authFailureExempt: ["127.0.0.0/8"],
+        },
         metrics: { perAccount: true },
       },
     });

@@ -27,12 +27,47 @@ export const DEFAULTS = {
   maxConnectionsPerIp: 100,
   /** Failed AUTHs (per IP or per account) before each further reply is delayed. */
   authFailuresBeforeTarpit: 3,
-  /** Failed AUTHs from one IP before its sessions are closed with 421 4.7.0. */
+  /**
+   * Failed AUTHs from one IP before its sessions are closed with 421 4.7.0 (loopback
+   * included, unless in `authFailureExempt`).
+   */
   authFailuresBeforeDisconnect: 10,
   /** Failed AUTHs are counted over this window, in s. */
   authFailureWindowSeconds: 600,
   /** Tarpit delay per failure beyond the threshold, in ms (at most 10 s). */
   tarpitStepMs: 1_000,
+  /**
+   * Failed AUTHs for one username, from any addresses, within the window, after which AUTH
+   * as it is refused with 454 4.7.0 without checking the password. The lock lasts one
+   * window (`authFailureWindowSeconds`) and ends by itself (a restart also ends it, SIGHUP
+   * does not); logged-in sessions, trusted networks and `authFailureExempt` are not affected.
+   */
+  authFailuresBeforeAccountLock: 10,
+  /**
+   * Networks (CIDR) exempt from the AUTH-failure limits: never cut off per IP, not refused
+   * by an account lock (the password is still checked) and not counted towards one; still
+   * tarpitted per account. Trusted networks are always exempt. None by default: loopback
+   * is NOT exempt, since behind a local TLS terminator (without PROXY protocol) every
+   * client is loopback. Exempt `127.0.0.1/32` only if loopback clients are local programs.
+   */
+  authFailureExempt: [] as readonly string[],
+  /**
+   * Sessions held back for clients from trusted networks: others are refused (or must
+   * displace an idle session) once `maxClients - trustedReserve` sessions are open.
+   */
+  trustedReserve: 0,
+  /**
+   * Shedding under pressure: from this share of `maxClients` (%) on, each new client closes
+   * the longest-idle session that has not logged in (not trusted, no AUTH under way) if it
+   * has been idle `idleShedSeconds`, with 421 4.4.2; at the cap, whatever its idle time.
+   */
+  idleShedPercent: 80,
+  /**
+   * Under pressure (`idleShedPercent`), a session that has not logged in may be closed once
+   * idle this long, in s, instead of after `idleTimeoutSeconds`. Idle: no EHLO, RSET,
+   * STARTTLS or AUTH since (NOOP and the like do not count).
+   */
+  idleShedSeconds: 10,
   /** Commands an untrusted client may send before authenticating; then 421. */
   maxUnauthenticatedCommands: 10,
   /** Longest SMTP command line, in bytes (RFC 5321: 512; AUTH lines are longer). */

@@ -231,12 +231,30 @@ export const configSchema = z.object({
     tarpitStepMs: z.int("expected an integer").min(0, "expected ms >= 0").default(
       DEFAULTS.tarpitStepMs,
     ),
+    authFailuresBeforeAccountLock: positiveInt.default(DEFAULTS.authFailuresBeforeAccountLock),
+    authFailureExempt: cidrList.default([...DEFAULTS.authFailureExempt]),
+    trustedReserve: z.int("expected an integer").min(0, "expected >= 0").default(
+      DEFAULTS.trustedReserve,
+    ),
+    idleShedPercent: z.int("expected an integer").min(1, "expected a percentage 1-100")
+      .max(100, "expected a percentage 1-100").default(DEFAULTS.idleShedPercent),
+    idleShedSeconds: z.int("expected an integer").min(0, "expected seconds >= 0").default(
+      DEFAULTS.idleShedSeconds,
+    ),
     maxUnauthenticatedCommands: positiveInt.default(DEFAULTS.maxUnauthenticatedCommands),
     maxCommandLength: z.int("expected an integer").min(512, "expected at least 512 bytes")
       .default(DEFAULTS.maxCommandLength),
     idleTimeoutSeconds: positiveInt.default(DEFAULTS.idleTimeoutSeconds),
     sessionTimeoutSeconds: positiveInt.default(DEFAULTS.sessionTimeoutSeconds),
-  }).strict().prefault({}),
+  }).strict().superRefine((limits, ctx) => {
+    if (limits.trustedReserve >= limits.maxClients) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["trustedReserve"],
+        message: `expected fewer than limits.maxClients (${limits.maxClients})`,
+      });
+    }
+  }).prefault({}),
   /** Observability options. */
   metrics: z.object({
     /** Adds per-account series (one per account and result): opt-in, they multiply. */

@@ -16,6 +16,7 @@ import type { Backend, IngressObserver, Session } from "./backend.ts";
 import { isLoopback, NetworkList, unmapped } from "./network.ts";
 import { AuthThrottle, ConnectionLimiter, type LimitOptions } from "./limits.ts";
 import { recipientProblem } from "./address.ts";
+import { DEFAULTS } from "../config/defaults.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
 import {
   attach,
@@ -75,6 +76,12 @@ export interface IngressOptions {
   readonly backend: Backend;
   /** Metrics hooks. */
   readonly observer?: IngressObserver;
+  /**
+   * The configured account a (lower-cased) AUTH username names, for log lines; without it
+   * (or for a name that is no account) no username is ever logged: clients put passwords
+   * there.
+   */
+  readonly accountName?: (username: string) => string | undefined;
   /** Called when a backend call throws (a bug) or a socket fails: for logging. */
   readonly onError?: (err: unknown) => void;
 }
@@ -102,6 +109,12 @@ class Client {
   readonly connection: Connection;
   ip = "";
   trusted = false;
+  /** Outside the AUTH-failure limits (trusted network or `authFailureExempt`). */
+  exempt = false;
+  /** Last sign of progress towards a login (connect, EHLO, RSET, STARTTLS, AUTH), ms. */
+  lastActive = performance.now();
+  /** An AUTH is being checked (or waits for its turn): not to be shed. */
+  authenticating = false;
   /** The backend's session; opened once the client is admitted. */
   session?: Session;
   /** Logged in since the session (re)started. */
@@ -130,6 +143,12 @@ const NEEDS_TLS = reply(
   "Encryption required for requested authentication mechanism",
 );
 const THROTTLED = reply(421, "4.7.0", "Too many failed authentications, try again later");
+const ACCOUNT_LOCKED = reply(
+  454,
+  "4.7.0",
+  "Too many failed authentications for this account, try again later",
+);
+const IDLE_SHED = "4.4.2 Idle too long, closing";
 const SESSION_LIMIT = "4.4.2 Session time limit exceeded, closing";
 const SHUTTING_DOWN = reply(421, "4.3.2", "Service shutting down, try again later");
 const LOCAL_ERROR = reply(451, "4.3.0", "Local error in processing, try again later");
@@ -169,6 +188,7 @@ class Listener extends SMTPServer {
     const client = new Client(connection);
     attach(connection.session, client);
     onTransactionReset(connection, () => {
+      client.lastActive = performance.now();
       if (client.authenticated && !connection.session.user) client.authenticated = false;
       client.session?.reset();
     });
@@ -181,14 +201,70 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
   const observer = o.observer;
   const limiter = new ConnectionLimiter(o.limits);
   const throttle = new AuthThrottle(o.limits);
+  const authExempt = new NetworkList(o.limits.authFailureExempt ?? []);
   /** Admitted clients. */
   const clients = new Set<Client>();
+  /** From this many open sessions on, a new client sheds an idle one (see {@link shed}). */
+  const shedFrom = Math.ceil(
+    o.limits.maxClients * (o.limits.idleShedPercent ?? DEFAULTS.idleShedPercent) / 100,
+  );
+  const shedIdleMs = (o.limits.idleShedSeconds ?? DEFAULTS.idleShedSeconds) * 1000;
   const servers: Listener[] = [];
 
   let draining = false;
   let drained: (() => void) | undefined;
   const checkDrained = () => {
     if (draining && clients.size === 0) drained?.();
+  };
+
+  /** Says that AUTH as `username` is locked; names it only if it is a configured account. */
+  const logLock = (username: string, failures: number, ip: string) => {
+    const account = o.accountName?.(username);
+    const props = { account, failures, ip, seconds: o.limits.authFailureWindowMs / 1000 };
+    const why = "{failures} failed logins within {seconds} s, the last from {ip}";
+    if (account) log.warn(`AUTH as {account} locked for {seconds} s: ${why}`, props);
+    else if (o.accountName) {
+      log.warn(
+        `AUTH as a name that is no configured account locked for {seconds} s: ${why}`,
+        props,
+      );
+    } else log.warn(`AUTH as one username (not logged) locked for {seconds} s: ${why}`, props);
+  };
+
+  /** Forgets an admitted client (once): its capacity is free from now on. */
+  const release = (c: Client) => {
+    if (!clients.delete(c)) return;
+    clearTimeout(c.timer);
+    limiter.release(c.ip);
+    observer?.sessionClosed();
+    try {
+      c.session?.logout();
+    } catch (err) {
+      o.onError?.(err);
+    }
+    checkDrained();
+  };
+
+  /**
+   * Closes the session idle longest among those that have not logged in (not trusted, no
+   * AUTH under way, so none in a transaction) if it has been idle `minIdleMs`. Its capacity
+   * is free at once. True if one was closed.
+   */
+  const shed = (minIdleMs: number): boolean => {
+    let idlest: Client | undefined;
+    for (const c of clients) {
+      if (c.authenticated || c.trusted || c.authenticating || c.busy) continue;
+      if (!idlest || c.lastActive < idlest.lastActive) idlest = c;
+    }
+    if (!idlest || performance.now() - idlest.lastActive < minIdleMs) return false;
+    observer?.refused("idle_shed");
+    log.debug("closed an idle session from {ip} that had not logged in: {open} sessions open", {
+      ip: idlest.ip,
+      open: limiter.total,
+    });
+    idlest.send(421, IDLE_SHED);
+    release(idlest);
+    return true;
   };
 
   for (const l of o.listeners) {
@@ -218,8 +294,17 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         const c = clientOf(session);
         c.ip = unmapped(session.remoteAddress);
         c.trusted = trusted.has(c.ip);
+        c.exempt = c.trusted || authExempt.has(c.ip);
         if (draining) return callback(smtpError(SHUTTING_DOWN));
-        const admitted = limiter.admit(c.ip);
+        // Under pressure, idle sessions that have not logged in make room for new clients:
+        // from `idleShedPercent` one idle `idleShedSeconds`, at the cap the idlest one.
+        const open = limiter.total;
+        let admitted = limiter.admit(c.ip, c.trusted);
+        if (admitted === "clients") {
+          if (shed(0)) admitted = limiter.admit(c.ip, c.trusted);
+        } else if (admitted === "ok" && open >= shedFrom) {
+          shed(shedIdleMs);
+        }
         if (admitted !== "ok") {
           observer?.refused(admitted === "ip" ? "per_ip" : "clients");
           const why = admitted === "ip" ? "from your address" : "";
@@ -243,16 +328,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
 
       onClose(session) {
         const c = attached<Client>(session);
-        if (!c || !clients.delete(c)) return;
-        clearTimeout(c.timer);
-        limiter.release(c.ip);
-        observer?.sessionClosed();
-        try {
-          c.session?.logout();
-        } catch (err) {
-          o.onError?.(err);
-        }
-        checkDrained();
+        if (c) release(c);
       },
 
       onAuth(auth, session, callback) {
@@ -262,27 +338,51 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           return callback(smtpError(NEEDS_TLS));
         }
         const username = (auth.username ?? "").trim().toLowerCase();
-        // Loopback and trusted networks are not cut off (one broken local app must not lock
-        // out the others); their failures are still tarpitted per account.
-        if (!c.trusted && !isLoopback(c.ip) && throttle.blocked(c.ip)) {
+        // Trusted networks and `authFailureExempt` are not cut off (one broken local app must
+        // not lock out the others); their failures are still tarpitted per account.
+        if (!c.exempt && throttle.blocked(c.ip)) {
           observer?.refused("auth_throttled");
           log.warn("too many failed authentications from {ip}: disconnected", { ip: c.ip });
           callback(smtpError(THROTTLED)); // 421: smtp-server closes the session
           return;
         }
-        c.session!.auth(auth.username ?? "", auth.password ?? "").then((ok) => {
-          if (ok) {
-            c.authenticated = true;
-            return callback(null, { user: username });
+        c.authenticating = true;
+        c.lastActive = performance.now();
+        // An account that failed too often is locked for clients that are not exempt: they
+        // are refused without a password check, so a guess cannot succeed during the lock.
+        const turn = c.exempt ? Promise.resolve("check" as const) : throttle.begin(username);
+        turn.then((decision) => {
+          if (decision === "locked") {
+            c.authenticating = false;
+            observer?.refused("auth_account_locked");
+            return callback(smtpError(ACCOUNT_LOCKED));
           }
-          observer?.refused("auth");
-          // Tarpit: the failure reply waits, a correct login never does.
-          const delayMs = throttle.failed(c.ip, username, c.trusted || isLoopback(c.ip));
-          if (delayMs > 0) setTimeout(() => callback(smtpError(AUTH_FAILED)), delayMs);
-          else callback(smtpError(AUTH_FAILED));
-        }, (err) => {
-          o.onError?.(err);
-          callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
+          const done = () => {
+            c.authenticating = false;
+            c.lastActive = performance.now();
+            if (!c.exempt) throttle.checked(username);
+          };
+          // Gone while waiting for its turn: the backend's session is logged out already.
+          if (!clients.has(c)) return done();
+          c.session!.auth(auth.username ?? "", auth.password ?? "").then((ok) => {
+            if (ok) {
+              done();
+              c.authenticated = true;
+              return callback(null, { user: username });
+            }
+            observer?.refused("auth");
+            // Tarpit: the failure reply waits, a correct login never does.
+            const failure = throttle.failed(c.ip, username, c.exempt);
+            done();
+            if (failure.locked) logLock(username, failure.strikes, c.ip);
+            const delayMs = failure.delayMs;
+            if (delayMs > 0) setTimeout(() => callback(smtpError(AUTH_FAILED)), delayMs);
+            else callback(smtpError(AUTH_FAILED));
+          }, (err) => {
+            done();
+            o.onError?.(err);
+            callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
+          });
         });
       },
 

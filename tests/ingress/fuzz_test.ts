@@ -54,6 +54,7 @@ const LIMITS = {
   sessionTimeoutSeconds: 6,
   tarpitStepMs: 0,
   authFailuresBeforeDisconnect: 1_000_000,
+  authFailuresBeforeAccountLock: 1_000_000,
   maxConnectionsPerIp: 500,
 };
 

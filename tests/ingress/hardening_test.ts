@@ -342,16 +342,22 @@ Deno.test("never an open relay", async (t) => {
 Deno.test("connection limits: per IP and overall, 421 4.7.0", async () => {
   const h = await startHarness({
     config: {
-      smtp: { port: 0, proxyFrom: ["127.0.0.1"] },
+      smtp: { port: 0, proxyFrom: ["127.0.0.1"], allowPlaintextAuth: true },
       limits: { maxConnectionsPerIp: 2, maxClients: 3 },
     },
   });
   const open: RawSmtp[] = [];
+  // Logged in: at the cap, idle sessions that have not logged in would make room instead.
+  const login = async (c: RawSmtp) => {
+    await c.command("EHLO c");
+    assert.equal((await c.command(`AUTH PLAIN ${plain(h.accounts[0].email, PASSWORD)}`)).code, 235);
+  };
   try {
     for (let i = 0; i < 2; i++) {
       const s = await RawSmtp.connect(h.relay.smtp.port, { proxy: "198.51.100.1" });
       assert.equal(s.greeting?.code, 220);
       open.push(s.client);
+      await login(s.client);
     }
     const third = await RawSmtp.connect(h.relay.smtp.port, { proxy: "198.51.100.1" });
     open.push(third.client);
@@ -360,6 +366,7 @@ Deno.test("connection limits: per IP and overall, 421 4.7.0", async () => {
     const other = await RawSmtp.connect(h.relay.smtp.port, { proxy: "198.51.100.2" });
     open.push(other.client);
     assert.equal(other.greeting?.code, 220);
+    await login(other.client);
     const fourth = await RawSmtp.connect(h.relay.smtp.port, { proxy: "198.51.100.3" });
     open.push(fourth.client);
     assert.equal(fourth.greeting?.last, "421 4.7.0 Too many connections");
@@ -369,11 +376,16 @@ Deno.test("connection limits: per IP and overall, 421 4.7.0", async () => {
   }
 });
 
-Deno.test("authentication failures: tarpit, then 421 and disconnect; loopback is never cut off", async () => {
+Deno.test("authentication failures: tarpit, then 421 and disconnect; an exempt address is never cut off", async () => {
   const h = await startHarness({
     config: {
       smtp: { port: 0, proxyFrom: ["127.0.0.1"], allowPlaintextAuth: true },
-      limits: { authFailuresBeforeTarpit: 2, authFailuresBeforeDisconnect: 3, tarpitStepMs: 300 },
+      limits: {
+        authFailuresBeforeTarpit: 2,
+        authFailuresBeforeDisconnect: 3,
+        tarpitStepMs: 300,
+        authFailureExempt: ["127.0.0.1/32"],
+      },
     },
   });
   const bad = `AUTH PLAIN ${plain("user0@example.com", "wrong")}`;
@@ -395,7 +407,7 @@ Deno.test("authentication failures: tarpit, then 421 and disconnect; loopback is
     assert.equal(locked.last, "421 4.7.0 Too many failed authentications, try again later");
     assert.ok(await c.closedByServer());
     await c.close();
-    // Loopback clients share an address: their failures are tarpitted, never a lock-out.
+    // Exempt (local programs sharing an address): tarpitted, never a lock-out.
     const { client: l } = await RawSmtp.connect(h.relay.smtp.port, { proxy: "127.0.0.1" });
     await l.command("EHLO c");
     for (let i = 0; i < 4; i++) assert.equal((await l.command(bad)).code, 535);

@@ -4,93 +4,11 @@
  * on the other. No relay, no sandbox.
  */
 import assert from "node:assert/strict";
-import type { Backend, Peer, Session } from "../../src/ingress/backend.ts";
-import { type Ingress, startIngress } from "../../src/ingress/server.ts";
-import { type Reply, reply } from "../../src/smtp/reply.ts";
+import { reply } from "../../src/smtp/reply.ts";
 import { checkSmtpServer } from "../../src/compat/smtp_server.ts";
 import { plain, RawSmtp } from "../smtp_client.ts";
 import { until } from "../harness.ts";
-
-type Stage = "newSession" | "auth" | "mail" | "rcpt" | "data";
-
-/** A backend that logs each call and answers as `script` says (default: accept). */
-class FakeBackend implements Backend {
-  readonly calls: string[] = [];
-  readonly messages: Uint8Array[] = [];
-  /** Per stage: a refusal to return, or "throw". */
-  readonly script: Partial<Record<Stage, Reply | "throw" | false>> = {};
-  logouts = 0;
-
-  newSession(peer: Peer): Session {
-    this.calls.push(`newSession ${peer.address} trusted=${peer.trusted}`);
-    if (this.script.newSession === "throw") throw new Error("backend broken");
-    const answer = <T>(stage: Stage, ok: T): Promise<T | Reply> => {
-      const s = this.script[stage];
-      if (s === "throw") return Promise.reject(new Error(`${stage} broken`));
-      if (s) return Promise.resolve(s);
-      return Promise.resolve(ok);
-    };
-    return {
-      auth: (username, password) => {
-        this.calls.push(`auth ${username} ${password.length}`);
-        if (this.script.auth === false) return Promise.resolve(false);
-        return answer("auth", true) as Promise<boolean>;
-      },
-      mail: (from, authenticated) => {
-        this.calls.push(`mail <${from}> authenticated=${authenticated}`);
-        return answer("mail", undefined);
-      },
-      rcpt: (to) => {
-        this.calls.push(`rcpt <${to}>`);
-        return answer("rcpt", undefined);
-      },
-      data: (message) => {
-        this.calls.push(`data ${message.length}`);
-        this.messages.push(message);
-        return answer("data", reply(250, "2.0.0", "OK queued")) as Promise<Reply>;
-      },
-      reset: () => this.calls.push("reset"),
-      logout: () => {
-        this.calls.push("logout");
-        this.logouts++;
-      },
-    };
-  }
-}
-
-async function withIngress(
-  fn: (ingress: Ingress, backend: FakeBackend) => Promise<void>,
-  trustedNetworks: string[] = [],
-): Promise<void> {
-  const backend = new FakeBackend();
-  const errors: unknown[] = [];
-  const ingress = await startIngress({
-    listeners: [{ host: "127.0.0.1", port: 0, implicitTls: false, trustedNetworks, proxyFrom: [] }],
-    name: "fake.test",
-    allowPlaintextAuth: false,
-    maxMessageSize: 1_000,
-    maxRecipients: 3,
-    limits: {
-      maxClients: 10,
-      maxConnectionsPerIp: 10,
-      authFailuresBeforeTarpit: 100,
-      authFailuresBeforeDisconnect: 100,
-      authFailureWindowMs: 60_000,
-      tarpitStepMs: 0,
-      maxUnauthenticatedCommands: 10,
-      maxCommandLength: 4_096,
-      idleTimeoutMs: 10_000,
-      sessionTimeoutMs: 60_000,
-    },
-    backend,
-    onError: (err) => errors.push(err),
-  });
-  try {
-    await fn(ingress, backend);
-  } finally {
-    await ingress.close();
-  }
-}
+import { withIngress } from "./fake_backend.ts";
 
 async function loggedIn(port: number): Promise<RawSmtp> {
   const { client } = await RawSmtp.connect(port);
@@ -243,7 +161,7 @@ Deno.test("session: trusted-network clients reach MAIL unauthenticated; others g
     await c.close();
     assert.ok(backend.calls.includes("newSession 127.0.0.1 trusted=true"));
     assert.ok(backend.calls.includes("mail <p@printers.example> authenticated=false"));
-  }, ["127.0.0.0/8"]);
+  }, { trustedNetworks: ["127.0.0.0/8"] });
   await withIngress(async (ingress, backend) => {
     const { client: c } = await RawSmtp.connect(ingress.addresses[0].port);
     await c.command("EHLO c");
