@@ -104,7 +104,11 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     name: config.smtp.name,
     quotas,
   });
-  const ingress = await startIngress(await ingressOptions(config, relay, metrics));
+  const ingress = await startIngress({
+    ...await ingressOptions(config, relay, metrics),
+    // Lock log lines name configured accounts only (clients put passwords in the username).
+    accountName: (u) => config.accounts.find((a) => a.email.toLowerCase() === u)?.email,
+  });
   const saver = new StateSaver(quotas, QUOTA_FLUSH_MS);
 
   let listening = true;

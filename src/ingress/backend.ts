@@ -61,8 +61,8 @@ export interface IngressObserver {
   sessionClosed(): void;
   /**
    * The ingress itself refused something. `reason`: auth, auth_plaintext, auth_throttled,
-   * unauthenticated, sender, recipient_syntax, recipients, size, clients, per_ip,
-   * session_timeout.
+   * auth_account_locked, unauthenticated, sender, recipient_syntax, recipients, size, clients,
+   * per_ip, session_timeout, idle_shed.
    */
   refused(reason: string): void;
 }
