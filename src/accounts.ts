@@ -6,12 +6,22 @@
  */
 import type { AccountConfig, RelayConfig } from "./config/load.ts";
 import { DEFAULTS } from "./config/defaults.ts";
-import { AccountTokens, type RefreshOutcome, type TokenState } from "./tokens/manager.ts";
+import { getLogger } from "@logtape/logtape";
+import { dirname } from "node:path";
+import {
+  AccountTokens,
+  CorruptTokenFileError,
+  type RefreshOutcome,
+  type SaveOutcome,
+  type TokenState,
+} from "./tokens/manager.ts";
 import type { TokenStore } from "./tokens/store.ts";
 import { type UpstreamObserver, UpstreamPool, type UpstreamTarget } from "./upstream/pool.ts";
 import { type ConnectionPermits, LocalPermits } from "./upstream/permits.ts";
 import type { RelayAccount } from "./relay/relay.ts";
 import type { Quotas } from "./quota/quotas.ts";
+
+const tokenLog = getLogger(["relay", "tokens"]);
 
 /** The token source of an account, with the config's token settings. */
 export function accountTokens(
@@ -19,6 +29,7 @@ export function accountTokens(
   a: AccountConfig,
   store: TokenStore,
   onRefresh?: (outcome: RefreshOutcome) => void,
+  onSave?: (outcome: SaveOutcome) => void,
 ): AccountTokens {
   return new AccountTokens({
     account: a.email,
@@ -38,7 +49,9 @@ export function accountTokens(
       maxMs: config.tokens.retryMaxMs,
     },
     reauthRecheckMs: config.tokens.reauthRecheckSeconds * 1000,
+    failureHoldMs: config.tokens.failureHoldSeconds * 1000,
     onRefresh,
+    onSave,
   });
 }
 
@@ -70,6 +83,27 @@ export interface AccountStatus {
   readonly token: TokenState;
   /** Latest token or delivery error, secret-free. */
   readonly lastError?: string;
+  /**
+   * Present while a rotated refresh token is in memory only (its write failed and is
+   * being retried): the file, the kind of failure, since when, how often tried. Never
+   * the token.
+   */
+  readonly tokenUnsaved?: {
+    /** The token file that could not be written. */
+    readonly path?: string;
+    /** `ENOSPC`, `EROFS`, `EACCES`, `ENOTDIR`, `state_corrupt`, `lock_timeout`, … */
+    readonly error: string;
+    /** The latest failure (a path at most). */
+    readonly message: string;
+    /** First failure (ISO 8601). */
+    readonly since: string;
+    /** Writes tried so far. */
+    readonly attempts: number;
+    /** Next write (ISO 8601). */
+    readonly nextAttempt?: string;
+  };
+  /** What the operator should do, when the account needs them. */
+  readonly action?: string;
   /** Open upstream connections and the cap. */
   readonly connections: { readonly open: number; readonly max: number };
   /** Quota usage in the current windows, with limits (0: none). */
@@ -132,7 +166,10 @@ export class AccountRuntime {
       config,
       deps.tokenStore,
       (o) => deps.onRefresh(config.email, o),
+      (o) => logSave(config.email, o),
     );
+    // A corrupt token file shows (readiness, status) before a message needs the account.
+    void this.tokens.inspect();
     const tokens = this.tokens;
     this.pool = new UpstreamPool(
       upstreamTarget(relayConfig, config),
@@ -182,6 +219,7 @@ export class AccountRuntime {
     const close = () => {
       this.#retired = true;
       this.#closeIfDone();
+      this.#closeTokens();
     };
     if (graceMs <= 0) return close();
     const timer = setTimeout(close, graceMs);
@@ -204,24 +242,95 @@ export class AccountRuntime {
     }, 0);
   }
 
-  /** Shutdown: QUIT the idle upstream connections and close the pool. */
+  /**
+   * No more rechecks or retried writes for this runtime's tokens. A token still unsaved
+   * (its successor did not take it over: the account was removed, or its grant changed)
+   * gets one last write.
+   */
+  #closeTokens(): void {
+    this.tokens.close();
+    if (this.tokens.unsaved) void this.tokens.flush();
+  }
+
+  /**
+   * Shutdown: QUIT the idle upstream connections and close the pool; the tokens' timers
+   * stop (the relay then writes unsaved tokens once more: {@link AccountTokens.flush}).
+   */
   async stop(): Promise<void> {
     this.#retired = true;
+    this.tokens.close();
     await this.pool.quit();
   }
 
   /** The operator's view, with the quota use from `quotas`. */
   async status(quotas: Quotas): Promise<AccountStatus> {
     const usage = await quotas.usage(this.config.email);
+    const unsaved = this.tokens.unsaved;
+    const action = accountAction(this.config.email, this.tokens.state, this.tokens.lastError);
     return {
       account: this.config.email,
       provider: this.config.provider.kind,
       token: this.tokens.state,
       lastError: this.tokens.lastError?.message ?? this.#lastError,
+      ...(unsaved
+        ? {
+          tokenUnsaved: {
+            path: unsaved.path,
+            error: unsaved.error,
+            message: unsaved.message,
+            since: new Date(unsaved.since).toISOString(),
+            attempts: unsaved.attempts,
+            ...(unsaved.nextAttemptAt
+              ? { nextAttempt: new Date(unsaved.nextAttemptAt).toISOString() }
+              : {}),
+          },
+        }
+        : {}),
+      ...(action ? { action } : {}),
       connections: { open: this.pool.openConnections, max: this.config.maxConnections },
       quota: { ...usage, limits: this.config.quota },
     };
   }
+}
+
+/** The command that gives an account a new refresh token. */
+function authorizeCommand(account: string): string {
+  return `deno task authorize --account ${account}`;
+}
+
+/** What the operator must do about an account's token state, if anything. */
+function accountAction(account: string, state: TokenState, error?: Error): string | undefined {
+  if (state === "state_corrupt" && error instanceof CorruptTokenFileError) {
+    return `move ${error.path} away and run \`${authorizeCommand(account)}\`, ` +
+      "or restore the file from a backup";
+  }
+  if (state === "needs_reauth") return `run \`${authorizeCommand(account)}\``;
+  return undefined;
+}
+
+/** Logs the retried write of an unsaved refresh token (never the token). */
+function logSave(account: string, o: SaveOutcome): void {
+  if (o.ok) {
+    tokenLog.info(
+      "rotated refresh token for {account} saved to {path} after {attempts} attempts",
+      { account, path: o.path, attempts: o.attempts },
+    );
+    return;
+  }
+  const u = o.unsaved;
+  tokenLog.warn(
+    "rotated refresh token for {account} still not saved to {path} ({error}: {message}), " +
+      "{attempts} attempts; retried at {next}: make {dir} writable",
+    {
+      account,
+      path: u?.path,
+      error: u?.error,
+      message: u?.message,
+      attempts: o.attempts,
+      next: u?.nextAttemptAt ? new Date(u.nextAttemptAt).toISOString() : "stop",
+      dir: u?.path ? dirname(u.path) : "the state directory",
+    },
+  );
 }
 
 /** Everything that shapes an account's runtime, as a comparable string. */

@@ -10,7 +10,7 @@ import type { RelayConfig } from "./config/load.ts";
 import type { AccountDeps, AccountStatus } from "./accounts.ts";
 import { type IngressOptions, type ListenerOptions, startIngress } from "./ingress/server.ts";
 import { Relay } from "./relay/relay.ts";
-import type { RefreshOutcome } from "./tokens/manager.ts";
+import type { RefreshOutcome, UnsavedToken } from "./tokens/manager.ts";
 import { FileTokenStore } from "./tokens/store.ts";
 import { FileStateStore } from "./state/store.ts";
 import { StateSaver } from "./state/saver.ts";
@@ -152,6 +152,9 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     } else {
       accounts.close();
     }
+    // Rotated refresh tokens that could not be written get one more try; one that still
+    // fails is lost with the process: say so, and what to do.
+    logUnsavedAtStop(await accounts.saveTokens());
     await saver.stop();
     await http.close();
     metrics.stop();
@@ -255,27 +258,71 @@ export function adminToken(): string | undefined {
 }
 
 function logRefresh(account: string, o: RefreshOutcome): void {
-  if (o.state === "needs_reauth") {
-    tokenLog.error(
-      "{account} needs re-authorization ({error}): run `deno task authorize --account {account}`",
-      { account, error: o.error?.message },
-    );
+  if (!o.ok) {
+    // A probe or recheck that fails the same way repeats a verdict already logged.
+    const level = o.previous === o.state ? "debug" : o.state === "failing" ? "warn" : "error";
+    if (o.state === "state_corrupt") {
+      tokenLog[level](
+        "{account}: {error}; it is not used: move it away and run " +
+          "`deno task authorize --account {account}`, or restore it from a backup",
+        { account, error: o.error?.message },
+      );
+    } else if (o.state === "needs_reauth") {
+      tokenLog[level](
+        "{account} needs re-authorization ({error}): run `deno task authorize --account {account}`",
+        { account, error: o.error?.message },
+      );
+    } else {
+      tokenLog[level]("token refresh failed for {account} after {attempts} attempts: {error}", {
+        account,
+        error: o.error?.message,
+        attempts: o.attempts,
+        background: o.background,
+      });
+    }
     return;
   }
-  if (!o.ok) {
-    tokenLog.warn("token refresh failed for {account} after {attempts} attempts: {error}", {
+  if (o.previous === "failing" || o.previous === "needs_reauth" || o.previous === "state_corrupt") {
+    tokenLog.info("token refresh for {account} works again (was {previous})", {
       account,
-      error: o.error?.message,
-      attempts: o.attempts,
-      background: o.background,
+      previous: o.previous,
     });
-    return;
   }
   if (o.persistError) {
     tokenLog.error(
-      "rotated refresh token for {account} could not be saved ({error}); it is kept in memory only",
-      { account, error: o.persistError },
+      "rotated refresh token for {account} could not be saved to {path} ({error}: {message}); " +
+        "it is kept in memory and the write retried until it succeeds (next at {next}); " +
+        "a restart before then loses it: make its directory writable (or free space)",
+      {
+        account,
+        path: o.unsaved?.path,
+        error: o.unsaved?.error,
+        message: o.persistError,
+        next: o.unsaved?.nextAttemptAt ? new Date(o.unsaved.nextAttemptAt).toISOString() : "-",
+      },
     );
   }
   tokenLog.debug("token refreshed for {account}", { account, rotated: o.rotated });
+}
+
+/** Stop: one line per account whose rotated refresh token is lost with the process. */
+function logUnsavedAtStop(
+  lost: readonly { readonly account: string; readonly unsaved: UnsavedToken }[],
+): void {
+  for (const { account, unsaved } of lost) {
+    tokenLog.error(
+      "rotated refresh token for {account} is NOT saved and is lost now that the relay stops: " +
+        "writing {path} failed ({error}: {message}) since {since}. Make its directory writable " +
+        "(or free space) before starting the relay again; if {account} then answers 454 " +
+        "(invalid_grant), run " +
+        "`deno task authorize --account {account}`",
+      {
+        account,
+        path: unsaved.path,
+        error: unsaved.error,
+        message: unsaved.message,
+        since: new Date(unsaved.since).toISOString(),
+      },
+    );
+  }
 }

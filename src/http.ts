@@ -1,5 +1,5 @@
 /**
- * The operator's HTTP listener (Deno.serve): `/metrics`, `/healthz`, `/readyz`.
+ * The operator's HTTP listener (Deno.serve): `/metrics`, `/healthz`, `/readyz`, `/accounts`.
  * @module
  */
 import { createHash, timingSafeEqual } from "node:crypto";
@@ -16,6 +16,13 @@ export interface Readiness {
     readonly ok: number;
     readonly failing: number;
     readonly needsReauth: number;
+    /** Token file corrupt: the account cannot send until the operator repairs it. */
+    readonly stateCorrupt: number;
+    /**
+     * Accounts holding a rotated refresh token that could not be written (retried):
+     * they send, but a restart now would lose the token. Not counted against readiness.
+     */
+    readonly unsaved: number;
   };
 }
 
@@ -47,11 +54,14 @@ export interface HttpServer {
 }
 
 /**
- * Ready means: listening, and at least one account not failing. One broken account of a
- * thousand must not take the relay out of a load balancer; `/readyz` shows the counts.
+ * Ready means: listening, and at least one account not failing (failing, needs_reauth,
+ * state_corrupt). One broken account of a thousand must not take the relay out of a load
+ * balancer; `/readyz` shows the counts. Unsaved tokens do not count: those accounts send,
+ * and taking the relay out would not get the token written.
  */
 export function isReady(r: Readiness): boolean {
-  return r.listening && r.accounts.total > r.accounts.failing + r.accounts.needsReauth;
+  const a = r.accounts;
+  return r.listening && a.total > a.failing + a.needsReauth + a.stateCorrupt;
 }
 
 /** 401/403 unless the request may see `/accounts`; undefined when it may. */

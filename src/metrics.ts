@@ -8,7 +8,7 @@ import type { IngressObserver } from "./ingress/backend.ts";
 import type { MessageResult, RelayObserver, ReportResult } from "./relay/relay.ts";
 import type { QuotaKind } from "./quota/quota.ts";
 import type { UpstreamObserver } from "./upstream/pool.ts";
-import type { RefreshOutcome, TokenState } from "./tokens/manager.ts";
+import type { RefreshOutcome, TokenHealth, TokenState } from "./tokens/manager.ts";
 
 /** Message duration buckets, seconds: from a loopback hop to a slow provider. */
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -41,9 +41,12 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
   readonly #lagTimer: ReturnType<typeof setInterval>;
   readonly #lag = { max: 0 };
 
-  /** `accountStates` is read at scrape time for the accounts-by-state gauge. */
+  /**
+   * `accountStates` is read at scrape time for the accounts-by-state gauge and the
+   * unsaved-token gauge.
+   */
   constructor(
-    accountStates: () => Iterable<TokenState>,
+    accountStates: () => Iterable<TokenHealth>,
     options: MetricsOptions = { perAccount: false },
   ) {
     const registers = [this.registry];
@@ -98,9 +101,21 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
           ok: 0,
           failing: 0,
           needs_reauth: 0,
+          state_corrupt: 0,
         };
-        for (const s of accountStates()) counts[s]++;
+        for (const a of accountStates()) counts[a.state]++;
         for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
+      },
+    });
+    new client.Gauge({
+      name: "smtp_relay_token_unsaved_accounts",
+      help: "Accounts whose rotated refresh token could not be written to the state directory " +
+        "(kept in memory, write retried; lost if the relay stops first).",
+      registers,
+      collect() {
+        let n = 0;
+        for (const a of accountStates()) if (a.unsaved) n++;
+        this.set(n);
       },
     });
     this.#quota = new client.Counter({

@@ -8,7 +8,15 @@ import type { RelayConfig } from "./config/load.ts";
 import { type AccountDeps, accountKey, AccountRuntime, type AccountStatus } from "./accounts.ts";
 import type { Quotas } from "./quota/quotas.ts";
 import type { RelayAccount } from "./relay/relay.ts";
-import type { TokenState } from "./tokens/manager.ts";
+import type { TokenHealth, UnsavedToken } from "./tokens/manager.ts";
+
+/** An account whose rotated refresh token is still not saved after the last write at stop. */
+export interface UnsavedAtStop {
+  /** Mailbox address. */
+  readonly account: string;
+  /** Where and why. */
+  readonly unsaved: UnsavedToken;
+}
 
 /** How many accounts a reload added, removed and changed. */
 export interface AccountChanges {
@@ -47,9 +55,9 @@ export class AccountRegistry {
     return this.runtimes.map((r) => r.relayAccount);
   }
 
-  /** Every account's token state. */
-  tokenStates(): TokenState[] {
-    return this.runtimes.map((r) => r.tokens.state);
+  /** Every account's token state, and whether a rotated refresh token is unsaved. */
+  tokenStates(): TokenHealth[] {
+    return this.runtimes.map((r) => r.tokens.health);
   }
 
   /**
@@ -68,7 +76,13 @@ export class AccountRegistry {
       );
     }
     this.#runtimes = built;
-    for (const [id, r] of previous) if (built.get(id) !== r) r.retire();
+    for (const [id, r] of previous) {
+      const next = built.get(id);
+      if (next === r) continue;
+      // A rotated refresh token not saved yet lives only in the old runtime's memory.
+      next?.tokens.inherit(r.tokens);
+      r.retire();
+    }
     return {
       added: [...built.keys()].filter((k) => !previous.has(k)).length,
       removed: [...previous.keys()].filter((k) => !built.has(k)).length,
@@ -79,6 +93,20 @@ export class AccountRegistry {
   /** The operator's view of every account. */
   status(): Promise<AccountStatus[]> {
     return Promise.all(this.runtimes.map((r) => r.status(this.#quotas)));
+  }
+
+  /**
+   * Stop: one more write of every unsaved refresh token. Resolves to the accounts whose
+   * token is still not saved (it is lost when the process ends).
+   */
+  async saveTokens(): Promise<UnsavedAtStop[]> {
+    const results = await Promise.all(
+      this.runtimes.map(async (r) => ({
+        account: r.config.email,
+        unsaved: await r.tokens.flush(),
+      })),
+    );
+    return results.filter((x): x is UnsavedAtStop => x.unsaved !== undefined);
   }
 
   /** Graceful stop: every pool says QUIT on its idle connections and closes. */

@@ -125,7 +125,7 @@ export default defineConfig({
     assert.deepEqual(await ready.json(), {
       ready: true,
       listening: true,
-      accounts: { total: 1, ok: 1, failing: 0, needsReauth: 0 },
+      accounts: { total: 1, ok: 1, failing: 0, needsReauth: 0, stateCorrupt: 0, unsaved: 0 },
     });
     const metrics = await (await fetch(`http://127.0.0.1:${ports.metrics}/metrics`)).text();
     assert.match(metrics, /^smtp_relay_messages_total\{result="delivered"\} 1$/m);

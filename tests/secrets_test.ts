@@ -198,7 +198,8 @@ Deno.test("no password, token, client secret or password hash in logs, metrics, 
     h = await startHarness({
       accounts: 2,
       config: {
-        tokens: { attempts: 2, retryBaseMs: 10, timeoutMs: 1_000 },
+        // No failure hold: each token failure below is a fresh refresh.
+        tokens: { attempts: 2, retryBaseMs: 10, timeoutMs: 1_000, failureHoldSeconds: 0 },
         // Loopback exempt from the AUTH-failure limits: the failures below are all checked.
         limits: {
           tarpitStepMs: 0,

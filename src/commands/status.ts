@@ -12,7 +12,10 @@ import { renderTable, UsageError } from "./common.ts";
 /** Usage line of this command. */
 export const STATUS_USAGE = "status [--url http://127.0.0.1:9090] [--json]";
 
-/** Prints the relay's account status; 0 when every account is ok, 1 otherwise. */
+/**
+ * Prints the relay's account status; 0 when every account is ok (or unused so far) with
+ * its refresh token saved, 1 otherwise.
+ */
 export async function statusCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -43,10 +46,15 @@ export async function statusCommand(args: string[]): Promise<number> {
   }
   const accounts = await response.json() as AccountStatus[];
   console.log(values.json ? JSON.stringify(accounts, null, 2) : statusTable(accounts));
-  return accounts.every((a) => a.token === "ok" || a.token === "unknown") ? 0 : 1;
+  const healthy = (a: AccountStatus) =>
+    (a.token === "ok" || a.token === "unknown") && a.tokenUnsaved === undefined;
+  return accounts.every(healthy) ? 0 : 1;
 }
 
-/** One row per account; the last error, if any, on the line below. */
+/**
+ * One row per account; below it, the last error, an unsaved refresh token and what to
+ * do, when there are any.
+ */
 export function statusTable(accounts: readonly AccountStatus[]): string {
   const limit = (used: number, max: number) => max > 0 ? `${used}/${max}` : `${used}`;
   const header = ["ACCOUNT", "PROVIDER", "TOKEN", "CONNS", "MSGS/24H", "RCPTS/24H", "MSGS/MIN"];
@@ -56,13 +64,25 @@ export function statusTable(accounts: readonly AccountStatus[]): string {
       cells: [
         a.account,
         a.provider,
-        a.token,
+        a.tokenUnsaved ? `${a.token}, unsaved` : a.token,
         `${a.connections.open}/${a.connections.max}`,
         limit(a.quota.messagesToday, a.quota.limits.messagesPerDay),
         limit(a.quota.recipientsToday, a.quota.limits.recipientsPerDay),
         limit(a.quota.lastMinute, a.quota.limits.messagesPerMinute),
       ],
-      notes: a.lastError ? [`last error: ${a.lastError}`] : [],
+      notes: [
+        ...(a.lastError ? [`last error: ${a.lastError}`] : []),
+        ...(a.tokenUnsaved ? [unsavedNote(a.tokenUnsaved)] : []),
+        ...(a.action ? [`to do: ${a.action}`] : []),
+      ],
     })),
   );
+}
+
+/** The note on a refresh token that is in memory only. */
+function unsavedNote(u: NonNullable<AccountStatus["tokenUnsaved"]>): string {
+  const next = u.nextAttempt ? `, next try ${u.nextAttempt}` : "";
+  return `refresh token NOT SAVED to ${u.path ?? "the state directory"} (${u.error}: ` +
+    `${u.message}) since ${u.since}, ${u.attempts} attempts${next}; a restart now loses it: ` +
+    "make the directory writable (or free space)";
 }

@@ -93,10 +93,16 @@ export const DEFAULTS = {
   /** Longest retry delay (and longest Retry-After honoured), ms. */
   tokenRetryMaxMs: 10_000,
   /**
-   * An account that needs re-authorization is retried (store, then endpoint) at most this
-   * often, s: when a message needs its token, not on a timer.
+   * An account that needs re-authorization (or whose token file is corrupt) is retried
+   * (store, then endpoint) this often, s: on a timer, so it recovers without traffic.
    */
   reauthRecheckSeconds: 60,
+  /**
+   * After a refresh failed transiently, messages get that failure at once for this long,
+   * s (the endpoint's Retry-After instead, at most 5 min); then one message's refresh
+   * (one attempt) decides. 0: no hold, every message asks the endpoint.
+   */
+  tokenFailureHoldSeconds: 30,
   /** Time allowed to open an upstream TCP connection and get its greeting, in ms. */
   upstreamConnectTimeoutMs: 30_000,
   /** Idle time allowed on an upstream connection while waiting for a reply, in ms. */

@@ -284,6 +284,8 @@ export const configSchema = z.object({
     retryBaseMs: positiveInt.default(DEFAULTS.tokenRetryBaseMs),
     retryMaxMs: positiveInt.default(DEFAULTS.tokenRetryMaxMs),
     reauthRecheckSeconds: positiveInt.default(DEFAULTS.reauthRecheckSeconds),
+    failureHoldSeconds: z.int("expected an integer").min(0, "expected seconds >= 0")
+      .default(DEFAULTS.tokenFailureHoldSeconds),
   }).strict().prefault({}),
   /** The accounts the relay sends for. */
   accounts: z.array(account, "expected an array of accounts").min(

@@ -407,6 +407,19 @@ function quotaText(account: string, q: { kind: QuotaKind; limit: number; retryAt
 
 function tokenFailure(err: unknown): Outcome {
   const message = err instanceof Error ? err.message : String(err);
+  // The account's token file is unreadable (tokens/manager.ts CorruptTokenFileError):
+  // the operator's to repair. Nothing of the file, not even its path, goes to the client.
+  if (err instanceof TokenError && err.name === "CorruptTokenFileError") {
+    return {
+      result: "token_error",
+      reply: reply(
+        454,
+        "4.7.0",
+        "Account needs repair by the relay operator (its stored token file is unreadable)",
+      ),
+      refusedRecipients: [],
+    };
+  }
   if (err instanceof TokenError && err.kind === "permanent") {
     return {
       result: "token_error",
@@ -420,7 +433,11 @@ function tokenFailure(err: unknown): Outcome {
   }
   return {
     result: "token_error",
-    reply: reply(451, "4.4.3", `Cannot get an access token, try again later: ${message}`),
+    reply: reply(
+      451,
+      "4.4.3",
+      clipReply(`Cannot get an access token, try again later: ${message}`),
+    ),
     refusedRecipients: [],
   };
 }

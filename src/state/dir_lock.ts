@@ -29,6 +29,15 @@
 /** Default longest wait for the lock, ms: writes under it take milliseconds. */
 export const DEFAULT_LOCK_TIMEOUT_MS = 10_000;
 
+/** The lock was not obtained in time: another writer held it (a hung disk, a stuck process). */
+export class LockTimeoutError extends Error {
+  /** `dir`: the locked directory; `timeoutMs`: how long was waited. */
+  constructor(dir: string, timeoutMs: number) {
+    super(`${dir}: another writer held the lock for over ${timeoutMs} ms`);
+    this.name = "LockTimeoutError";
+  }
+}
+
 /** Tail of each directory's in-process queue. */
 const queues = new Map<string, Promise<void>>();
 
@@ -65,7 +74,7 @@ export async function withDirLock<T>(
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new Error(`${dir}: another writer held the lock for over ${timeoutMs} ms`)),
+      () => reject(new LockTimeoutError(dir, timeoutMs)),
       timeoutMs,
     );
   });

@@ -66,14 +66,22 @@ export interface VersionedStore<T> {
    * new one replaces it.
    */
   compareAndSet(key: string, expected: ExpectedVersion, value: T): Promise<CasResult<T>>;
+  /** Where `key`'s value is kept, for messages to operators (a file path), if known. */
+  pathOf?(key: string): string;
 }
 
 /** A state file whose content is not what its store holds (not JSON, wrong shape). */
 export class StateContentError extends Error {
+  /** The file. */
+  readonly path: string;
+  /** What is wrong with it (never its content: it may hold secrets). */
+  readonly what: string;
   /** `path`: the file; `what`: what is wrong (never the content: it may hold secrets). */
   constructor(path: string, what: string) {
     super(`${path}: ${what}`);
     this.name = "StateContentError";
+    this.path = path;
+    this.what = what;
   }
 }
 
@@ -105,23 +113,25 @@ export async function readJsonFile(path: string): Promise<unknown> {
 /**
  * Replaces `path` with `text` atomically: written to a temporary file (0600, created
  * exclusively) in the same directory, fsynced, renamed over `path`. Readers see the old
- * or the new content, never a mix; the temporary file is removed if the rename fails.
+ * or the new content, never a mix. Whatever fails (a full disk on write or fsync, the
+ * rename), the temporary file is removed: a failed write leaves nothing behind.
  */
 export async function writeFileAtomic(path: string, text: string): Promise<void> {
   const temp = `${path}.${crypto.randomUUID()}.tmp`;
   const file = await Deno.open(temp, { write: true, createNew: true, mode: 0o600 });
+  let renamed = false;
   try {
-    let bytes = new TextEncoder().encode(text);
-    while (bytes.length > 0) bytes = bytes.subarray(await file.write(bytes));
-    await file.syncData();
-  } finally {
-    file.close();
-  }
-  try {
+    try {
+      let bytes = new TextEncoder().encode(text);
+      while (bytes.length > 0) bytes = bytes.subarray(await file.write(bytes));
+      await file.syncData();
+    } finally {
+      file.close();
+    }
     await Deno.rename(temp, path);
-  } catch (err) {
-    await Deno.remove(temp).catch(() => {});
-    throw err;
+    renamed = true;
+  } finally {
+    if (!renamed) await Deno.remove(temp).catch(() => {});
   }
 }
 

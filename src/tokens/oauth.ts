@@ -57,6 +57,19 @@ export class TokenError extends Error {
   }
 }
 
+/**
+ * A token call that got no answer within its time limit. Transient, but not repeated
+ * within the same refresh: an endpoint that hangs once is likely to hang again, and each
+ * try would hold the waiting messages for the whole limit.
+ */
+export class TokenTimeoutError extends TokenError {
+  /** Builds the error for a call cut off after `timeoutMs`. */
+  constructor(timeoutMs: number) {
+    super(`no answer within ${timeoutMs} ms`, "transient");
+    this.name = "TokenTimeoutError";
+  }
+}
+
 /** Token responses larger than this are refused unread (a token response is < 10 KiB). */
 export const MAX_RESPONSE_BYTES = 256 * 1024;
 
@@ -164,7 +177,7 @@ function toTokenError(
     const description = err.error_description ? `: ${clip(err.error_description)}` : "";
     return new TokenError(`${err.error}${description}`, kind, err.error, retry);
   }
-  if (signal.aborted) return new TokenError(`no answer within ${timeoutMs} ms`, "transient");
+  if (signal.aborted) return new TokenTimeoutError(timeoutMs);
   const status = seen ? ` (HTTP ${seen.status})` : "";
   if (seen && seen.status !== 200 && err instanceof oauth.OperationProcessingError) {
     // No OAuth2 error body: a proxy or an outage, not a verdict on the refresh token.

@@ -201,7 +201,10 @@ Deno.test("recipients beyond the limit get 452 4.5.3", async () => {
 });
 
 Deno.test("token endpoint failures defer the message, nothing is delivered", async (t) => {
-  const h = await startHarness({ config: { tokens: { attempts: 2, retryBaseMs: 10 } } });
+  // No failure hold: the second step's message asks the endpoint again.
+  const h = await startHarness({
+    config: { tokens: { attempts: 2, retryBaseMs: 10, failureHoldSeconds: 0 } },
+  });
   try {
     const a = h.accounts[0];
     const raw = rawMessage(a.email, "r@example.net", "x\r\n");

@@ -43,7 +43,7 @@ Deno.test("500s then success: retried and delivered", async () => {
   }
 });
 
-Deno.test("slow endpoint: timeout, 451, nothing delivered", async () => {
+Deno.test("slow endpoint: timeout, 451, nothing delivered, the hung call not repeated", async () => {
   const h = await startHarness({
     config: { tokens: { attempts: 2, retryBaseMs: 10, timeoutMs: 200 } },
   });
@@ -54,7 +54,7 @@ Deno.test("slow endpoint: timeout, 451, nothing delivered", async () => {
       "451 4.4.3 Cannot get an access token, try again later: no answer within 200 ms",
     );
     assert.equal(h.sandbox.received.length, 0);
-    assert.equal(h.sandbox.stats.token.requests, 2);
+    assert.equal(h.sandbox.stats.token.requests, 1);
   } finally {
     h.sandbox.tokenFaults.delayMs = 0;
     await h.close();
@@ -86,6 +86,8 @@ Deno.test("invalid_grant marks that account only; the others deliver", async () 
       ok: 1,
       failing: 0,
       needsReauth: 1,
+      stateCorrupt: 0,
+      unsaved: 0,
     });
     const m = await h.metrics();
     assert.equal(metricValue(m, 'smtp_relay_accounts{state="needs_reauth"}'), 1);
@@ -112,7 +114,10 @@ Deno.test("a single transient invalid_grant is retried, not a verdict", async ()
 });
 
 Deno.test("malformed JSON and a 10 MB body: clear error, no crash", async (t) => {
-  const h = await startHarness({ config: { tokens: { ...FAST_RETRIES, attempts: 1 } } });
+  // No failure hold: each step's message asks the endpoint.
+  const h = await startHarness({
+    config: { tokens: { ...FAST_RETRIES, attempts: 1, failureHoldSeconds: 0 } },
+  });
   try {
     await t.step("malformed JSON", async () => {
       Object.assign(h.sandbox.tokenFaults, { failNext: 1, failStatus: 200, failBody: "{not json" });
@@ -171,6 +176,7 @@ Deno.test("Retry-After is honoured between attempts", async () => {
       reauthRecheckMs: 60_000,
     });
     const token = await tokens.get();
+    tokens.close();
     assert.equal(token.token, "at");
     assert.equal(times.length, 2);
     assert.ok(times[1] - times[0] >= 950, `waited ${times[1] - times[0]} ms`);
@@ -203,6 +209,7 @@ Deno.test("no token is handed out with under 2 minutes left", async () => {
     });
     const before = Date.now();
     const token = await tokens.get();
+    tokens.close();
     assert.ok(token.useUntil <= before + 3600_000 - MIN_LIFETIME_MS + 1000);
     assert.ok(token.useUntil >= before + 3600_000 - MIN_LIFETIME_MS - 5000);
   } finally {
@@ -286,6 +293,8 @@ Deno.test("rotation under concurrency: the newest refresh token survives a resta
     const restarted = make(new FileTokenStore(dir));
     await restarted.get();
     assert.equal(restarted.state, "ok");
+    tokens.close();
+    restarted.close();
   } finally {
     await sandbox.close();
     await Deno.remove(dir, { recursive: true });

@@ -48,8 +48,9 @@ async function world(
   const [account] = makeAccounts(1);
   sandbox.addAccount(account);
   const dir = await Deno.makeTempDir({ prefix: "relay-shared-" });
-  const make = (overrides: Partial<AccountTokensOptions> = {}) =>
-    new AccountTokens({
+  const made: AccountTokens[] = [];
+  const make = (overrides: Partial<AccountTokensOptions> = {}) => {
+    const tokens = new AccountTokens({
       account: account.email,
       client: {
         tokenUrl: sandbox.tokenUrl,
@@ -65,9 +66,13 @@ async function world(
       reauthRecheckMs: 60_000,
       ...overrides,
     });
+    made.push(tokens);
+    return tokens;
+  };
   try {
     await fn({ sandbox, account, dir, make });
   } finally {
+    for (const tokens of made) tokens.close(); // no recheck timer outlives the test
     await sandbox.close();
     await Deno.remove(dir, { recursive: true });
   }
