@@ -88,9 +88,10 @@ export interface Ingress {
   /** Open client sessions. */
   readonly sessions: number;
   /**
-   * Graceful stop: no new connections; idle sessions and every new command get
-   * `421 4.3.2`; a message already in DATA finishes (its client gets the real reply) until
-   * `deadlineMs`, after which the rest are cut off. Resolves when every session is gone.
+   * Graceful stop: no new connections; idle sessions get `421 4.3.2`, and so does every
+   * session right after the reply to its message; a message whose DATA was accepted (354)
+   * finishes and its client gets the real reply, until `deadlineMs`, after which the rest
+   * are cut off. Resolves when every session is gone.
    */
   drain(deadlineMs: number): Promise<void>;
   /** Stops listening and closes sessions at once. */
@@ -333,15 +334,20 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       },
 
       onData(stream, session, reply_) {
+        // smtp-server calls this when it accepts DATA, before it sends the 354: from here
+        // on the client may send the message, so the drain lets the transaction finish.
         const c = clientOf(session);
         c.busy = true;
-        // After the reply, a draining relay ends the session (the reply goes out first).
         const callback: typeof reply_ = (err, message) => {
           c.busy = false;
+          // The stream has ended (read to its end, or destroyed), so smtp-server writes the
+          // reply within this call, then reads on: a command pipelined after the message is
+          // dispatched, but a DATA cannot be, since MAIL and RCPT answer asynchronously.
           reply_(err, message);
-          if (draining) {
-            setTimeout(() => c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN)), 0);
-          }
+          // A draining relay ends the session right after the reply, in the same turn: a
+          // later 421 (a timer) could reach a client that meanwhile had its next message
+          // accepted and sent, and that message would be delivered after a 421.
+          if (draining && !c.busy) c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN));
         };
         collect(stream).then((message) => {
           if ((stream as SMTPServerDataStream).sizeExceeded) {
