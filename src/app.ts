@@ -39,7 +39,8 @@ export interface RunningRelay {
   /** Re-reads the certificate files for new sessions; false when no TLS is configured. */
   reloadTls(): Promise<boolean>;
   /**
-   * Applies a new config: accounts, sender domains and token settings, without dropping
+   * Applies a new config: accounts, sender domains, token settings and the delivery
+   * deadline (for messages that arrive from then on), without dropping
    * sessions (in-flight messages finish on the settings they started with). Every other
    * setting needs a restart and keeps its running value; the returned notes name each
    * such change, at this and every later reload until the process restarts.
@@ -103,6 +104,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   const relay = new Relay(accounts.relayAccounts(), config.senderDomains, metrics, {
     name: config.smtp.name,
     quotas,
+    deliveryTimeoutMs: config.deliveryTimeoutSeconds * 1000,
   });
   const ingress = await startIngress(await ingressOptions(config, relay, metrics));
   const saver = new StateSaver(quotas, QUOTA_FLUSH_MS);
@@ -164,6 +166,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
       checkSourceAddresses(plan.config);
       const changes = accounts.apply(plan.config);
       relay.update(accounts.relayAccounts(), plan.config.senderDomains);
+      relay.setDeliveryTimeout(plan.config.deliveryTimeoutSeconds * 1000);
       config = plan.config;
       // The certificate files (same names) are re-read; new names need a restart.
       if (config.tls) await reloadTls();
