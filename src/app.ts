@@ -50,7 +50,8 @@ export interface RunningRelay {
   accounts(): Promise<AccountStatus[]>;
   /**
    * Graceful stop: no new sessions; idle sessions and new commands get 421 4.3.2; messages
-   * already in DATA finish until `deadlineMs`; then pools QUIT and state is flushed.
+   * already in DATA finish until `deadlineMs`, then the rest get 421 4.3.2 (and a log line
+   * each); then pools QUIT and state is flushed.
    */
   stop(deadlineMs: number): Promise<void>;
   /** Immediate stop (tests). */
@@ -135,7 +136,9 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     if (stopped) return;
     stopped = true;
     listening = false;
-    if (deadlineMs > 0) await ingress.drain(deadlineMs);
+    // At the drain deadline the relay gives up on the messages it is still delivering: each
+    // client gets 421 4.3.2 and each message is logged (not delivered, or outcome unknown).
+    if (deadlineMs > 0) await ingress.drain(deadlineMs, () => relay.abandonAll());
     else await ingress.close();
     // Reports about messages that finished during the drain go out before the pools QUIT
     // (for at most REPORTS_GRACE_MS: a provider that hangs does not hold up the exit).

@@ -157,6 +157,17 @@ export class Relay implements Backend {
     this.#deliveryTimeoutMs = ms;
   }
 
+  /**
+   * Shutdown deadline: gives up on every message being delivered now. Each one's client
+   * gets `421 4.3.2` at once and each is logged (not delivered, or outcome unknown when
+   * the provider had the whole message and had not answered). Returns how many.
+   */
+  abandonAll(): number {
+    const count = this.#inflight.size;
+    for (const control of [...this.#inflight]) control.abort(new GaveUp("shutdown", 0));
+    return count;
+  }
+
   /** Resolves once the non-delivery reports being sent now are done (shutdown). */
   async reportsSettled(): Promise<void> {
     while (this.#reports.size > 0) await Promise.allSettled([...this.#reports]);
@@ -253,6 +264,7 @@ export class Relay implements Backend {
    * is never sent, one being sent has its connection closed before the final dot. If the
    * dot was already written and the provider had not answered, the outcome is unknown:
    * logged as such, and counted against the quota, since the provider may deliver it.
+   * {@link abandonAll} does the same with `421 4.3.2` at the shutdown deadline.
    */
   async deliver(entry: Entry, tx: Transaction): Promise<Reply> {
     const started = performance.now();

@@ -141,3 +141,74 @@ Deno.test("SIGTERM under load: a 2xx means delivered once, any other reply means
   console.log(summary.join("; "));
   assert.deepEqual(problems, [], summary.join("; "));
 });
+
+/** A logged-in session on `port` with DATA accepted (354), ready for the body. */
+async function atData(port: number, account: TestAccount): Promise<RawSmtp> {
+  const { client } = await RawSmtp.connect(port);
+  assert.equal((await client.command("EHLO c")).code, 250);
+  assert.equal((await client.command(`AUTH PLAIN ${plain(account.email, PASSWORD)}`)).code, 235);
+  assert.equal((await client.command(`MAIL FROM:<${account.email}>`)).code, 250);
+  assert.equal((await client.command("RCPT TO:<r@example.net>")).code, 250);
+  assert.equal((await client.command("DATA")).code, 354);
+  return client;
+}
+
+Deno.test("SIGTERM: at the drain deadline each message still in flight gets 421 4.3.2 and a log line saying what is known", async () => {
+  // Once the provider has stored a message, every reply of it takes 30 s.
+  const onMessage = () => void (sandbox.smtpFaults.replyDelayMs = 30_000);
+  const sandbox = await startSandbox({ onMessage });
+  const [account] = makeAccounts(1);
+  sandbox.addAccount(account);
+  const relay = await RelayProcess.start(
+    sandbox,
+    await configText(sandbox, [account], {
+      top: "shutdownTimeoutSeconds: 1,",
+      accountExtra: "maxConnections: 3,",
+    }),
+  );
+  const clients: RawSmtp[] = [];
+  try {
+    const port = relay.ports.smtp;
+    // 1: the provider has the whole message and has not answered.
+    const unknown = await atData(port, account);
+    clients.push(unknown);
+    await unknown.write("Subject: unknown\r\n\r\ntag:unknown\r\n.\r\n");
+    assert.ok(await until(() => sandbox.received.length === 1, 5_000));
+    // 2: on a second connection, the provider stalls before the message (at MAIL FROM).
+    const stalled = await atData(port, account);
+    clients.push(stalled);
+    await stalled.write("Subject: stalled\r\n\r\ntag:stalled\r\n.\r\n");
+    assert.ok(await until(() => sandbox.stats.smtp.authSuccesses === 2, 5_000));
+    // 3: still arriving: DATA accepted, half the body sent.
+    const arriving = await atData(port, account);
+    clients.push(arriving);
+    await arriving.write("Subject: arriving\r\n\r\ntag:arriving\r\n");
+
+    relay.kill("SIGTERM");
+    for (const client of clients) {
+      const r = await client.next(5_000);
+      assert.equal(
+        typeof r === "string" ? r : r.last,
+        "421 4.3.2 Service shutting down, try again later",
+      );
+    }
+    assert.equal((await relay.exited()).code, 0);
+    assert.equal(sandbox.received.length, 1);
+
+    // JSON lines render each value quoted: without the quotes.
+    const messages = relay.lines().map((l) => String(l.message).replaceAll('"', ""));
+    const cut = messages.filter((m) => /^shutdown |^shutdown deadline: /.test(m));
+    assert.equal(cut.length, 3, messages.join("\n"));
+    const one = (pattern: RegExp) =>
+      assert.equal(cut.filter((m) => pattern.test(m)).length, 1, `${pattern}\n${cut.join("\n")}`);
+    one(/^shutdown user0@example\.com \d+ bytes .*: 421 4\.3\.2 .*; outcome unknown: /);
+    one(/^shutdown user0@example\.com \d+ bytes .*: 421 4\.3\.2 .*; not delivered: /);
+    one(
+      /^shutdown deadline: message from .*user0@example\.com.* cut while arriving .*not delivered/,
+    );
+  } finally {
+    for (const client of clients) await client.close();
+    await relay.close();
+    await sandbox.close();
+  }
+});
