@@ -134,6 +134,8 @@ export class Relay implements Backend {
   #deliveryTimeoutMs: number;
   /** One per message being delivered: aborting it gives up on that message. */
   readonly #inflight = new Set<AbortController>();
+  /** Past the shutdown deadline: a message that arrives now is given up at once. */
+  #abandoning = false;
 
   /**
    * `accounts` must have unique addresses and aliases (the config loader checks);
@@ -160,9 +162,11 @@ export class Relay implements Backend {
   /**
    * Shutdown deadline: gives up on every message being delivered now. Each one's client
    * gets `421 4.3.2` at once and each is logged (not delivered, or outcome unknown when
-   * the provider had the whole message and had not answered). Returns how many.
+   * the provider had the whole message and had not answered). So is every message that
+   * arrives after this call (its body completed just now). Returns how many were in flight.
    */
   abandonAll(): number {
+    this.#abandoning = true;
     const count = this.#inflight.size;
     for (const control of [...this.#inflight]) control.abort(new GaveUp("shutdown", 0));
     return count;
@@ -273,6 +277,7 @@ export class Relay implements Backend {
     const timeoutMs = this.#deliveryTimeoutMs;
     const timer = setTimeout(() => control.abort(new GaveUp("deadline", timeoutMs)), timeoutMs);
     this.#inflight.add(control);
+    if (this.#abandoning) control.abort(new GaveUp("shutdown", 0));
     let outcome: Outcome;
     try {
       outcome = await this.#attempt(entry.account, tx, control.signal);
