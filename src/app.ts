@@ -39,7 +39,8 @@ export interface RunningRelay {
   /** Re-reads the certificate files for new sessions; false when no TLS is configured. */
   reloadTls(): Promise<boolean>;
   /**
-   * Applies a new config: accounts, sender domains and token settings, without dropping
+   * Applies a new config: accounts, sender domains, token settings and the delivery
+   * deadline (for messages that arrive from then on), without dropping
    * sessions (in-flight messages finish on the settings they started with). Every other
    * setting needs a restart and keeps its running value; the returned notes name each
    * such change, at this and every later reload until the process restarts.
@@ -49,7 +50,8 @@ export interface RunningRelay {
   accounts(): Promise<AccountStatus[]>;
   /**
    * Graceful stop: no new sessions; idle sessions and new commands get 421 4.3.2; messages
-   * already in DATA finish until `deadlineMs`; then pools QUIT and state is flushed.
+   * already in DATA finish until `deadlineMs`, then the rest get 421 4.3.2 (and a log line
+   * each); then pools QUIT and state is flushed.
    */
   stop(deadlineMs: number): Promise<void>;
   /** Immediate stop (tests). */
@@ -103,6 +105,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   const relay = new Relay(accounts.relayAccounts(), config.senderDomains, metrics, {
     name: config.smtp.name,
     quotas,
+    deliveryTimeoutMs: config.deliveryTimeoutSeconds * 1000,
   });
   const ingress = await startIngress({
     ...await ingressOptions(config, relay, metrics),
@@ -137,7 +140,9 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     if (stopped) return;
     stopped = true;
     listening = false;
-    if (deadlineMs > 0) await ingress.drain(deadlineMs);
+    // At the drain deadline the relay gives up on the messages it is still delivering: each
+    // client gets 421 4.3.2 and each message is logged (not delivered, or outcome unknown).
+    if (deadlineMs > 0) await ingress.drain(deadlineMs, () => relay.abandonAll());
     else await ingress.close();
     // Reports about messages that finished during the drain go out before the pools QUIT
     // (for at most REPORTS_GRACE_MS: a provider that hangs does not hold up the exit).
@@ -171,6 +176,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
       checkSourceAddresses(plan.config);
       const changes = accounts.apply(plan.config);
       relay.update(accounts.relayAccounts(), plan.config.senderDomains);
+      relay.setDeliveryTimeout(plan.config.deliveryTimeoutSeconds * 1000);
       config = plan.config;
       // The certificate files (same names) are re-read; new names need a restart.
       if (config.tls) await reloadTls();

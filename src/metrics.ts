@@ -133,13 +133,14 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
     });
     this.#reloads = new client.Counter({
       name: "smtp_relay_config_reloads_total",
-      help: "Configuration reloads (SIGHUP), by result.",
+      help: "Configuration reloads (SIGHUP), by result (success, failure, timeout).",
       labelNames: ["result"],
       registers,
     });
     this.#lastReload = new client.Gauge({
       name: "smtp_relay_config_last_reload_success",
-      help: "1 if the latest configuration reload succeeded (or none happened), 0 if it failed.",
+      help:
+        "1 if the latest configuration reload succeeded (or none happened), 0 if it failed or timed out.",
       registers,
     });
     this.#lastReload.set(1);
@@ -218,7 +219,7 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
     ];
     for (const reason of refusals) this.#ingressRefusals.inc({ reason }, 0);
     for (const r of ["success", "failure"]) this.#refreshes.inc({ result: r }, 0);
-    for (const r of ["success", "failure"]) this.#reloads.inc({ result: r }, 0);
+    for (const r of ["success", "failure", "timeout"]) this.#reloads.inc({ result: r }, 0);
   }
 
   /** Stops the event-loop sampler. */
@@ -249,10 +250,13 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
     this.#reports.inc({ result });
   }
 
-  /** Counts a configuration reload. */
-  configReloaded(ok: boolean): void {
-    this.#reloads.inc({ result: ok ? "success" : "failure" });
-    this.#lastReload.set(ok ? 1 : 0);
+  /**
+   * Counts a configuration reload: applied, refused (a bad config), or given up on because
+   * loading the config did not finish within the reload deadline.
+   */
+  configReloaded(result: "success" | "failure" | "timeout"): void {
+    this.#reloads.inc({ result });
+    this.#lastReload.set(result === "success" ? 1 : 0);
   }
 
   /** Counts a refresh attempt (hook for tokens/manager). */

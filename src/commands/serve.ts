@@ -1,6 +1,6 @@
 /**
  * `serve` (the default command): loads the config and runs the relay until
- * SIGINT/SIGTERM.
+ * SIGINT/SIGTERM; SIGHUP reloads the config, each reload within a deadline.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -12,7 +12,16 @@ import { ConfigError, loadConfig, type RelayConfig } from "../config/load.ts";
 
 /** Usage line of this command. */
 export const SERVE_USAGE = "[serve] [--config PATH] [--host HOST] [--port N] [--metrics-port N]\n" +
-  "        [--log-format auto|pretty|json] [--log-level debug|info|warning|error]";
+  "        [--log-format auto|pretty|json] [--log-level debug|info|warning|error]\n" +
+  "        [--reload-timeout SECONDS]";
+
+/**
+ * How long a reload (SIGHUP) may take to import and validate the config before it is
+ * given up on, s (`--reload-timeout`). An import cannot be cancelled: a config module that
+ * never finishes (a top-level await that never resolves) is left behind, its late result
+ * ignored, and the next SIGHUP imports the file afresh.
+ */
+export const DEFAULT_RELOAD_TIMEOUT_SECONDS = 30;
 
 /** Runs the relay; resolves to the exit status. */
 export async function serveCommand(args: string[]): Promise<number> {
@@ -25,8 +34,14 @@ export async function serveCommand(args: string[]): Promise<number> {
       "metrics-port": { type: "string" },
       "log-format": { type: "string", default: "auto" },
       "log-level": { type: "string", default: "info" },
+      "reload-timeout": { type: "string", default: String(DEFAULT_RELOAD_TIMEOUT_SECONDS) },
     },
   });
+  const reloadTimeout = values["reload-timeout"];
+  if (!/^\d+$/.test(reloadTimeout) || Number(reloadTimeout) < 1) {
+    throw new UsageError(`--reload-timeout: expected seconds >= 1, got "${reloadTimeout}"`);
+  }
+  const reloadTimeoutMs = Number(reloadTimeout) * 1000;
   const format = values["log-format"];
   if (format !== "auto" && format !== "pretty" && format !== "json") {
     throw new UsageError(`--log-format: expected auto, pretty or json, got "${format}"`);
@@ -57,23 +72,64 @@ export async function serveCommand(args: string[]): Promise<number> {
   }
   const log = getLogger(["relay", "app"]);
   let generation = 0;
-  let reloading = Promise.resolve();
-  const onHangup = () => {
-    reloading = reloading.then(async () => {
-      try {
-        const next = await loadConfig(values.config, ++generation);
-        await relay.reload(withOverrides(next));
-        relay.metrics.configReloaded(true);
-      } catch (err) {
-        relay.metrics.configReloaded(false);
-        const problems = err instanceof ConfigError
-          ? err.problems
-          : [err instanceof Error ? err.message : String(err)];
-        log.error("reload failed, the previous configuration stays in force: {problems}", {
-          problems: problems.join("; "),
-        });
-      }
+  /** One reload at a time; SIGHUPs during one make one more after it (the file as it is then). */
+  let reloading = false;
+  let again = false;
+  const reloadOnce = async () => {
+    const id = ++generation;
+    const loading = loadConfig(values.config, id);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<undefined>((ok) => {
+      timer = setTimeout(() => ok(undefined), reloadTimeoutMs);
     });
+    try {
+      const next = await Promise.race([loading, expired]);
+      if (!next) {
+        relay.metrics.configReloaded("timeout");
+        const props = { config: values.config, seconds: reloadTimeoutMs / 1000 };
+        log.error(
+          "reload given up: loading {config} did not finish within {seconds} s (does it wait " +
+            "for something at top level?); the previous configuration stays in force",
+          props,
+        );
+        // It cannot be cancelled; whatever it ends with later is not applied.
+        loading.then(
+          () => log.warn("the reload given up after {seconds} s finished late: ignored", props),
+          () => log.warn("the reload given up after {seconds} s failed late: ignored", props),
+        );
+        return;
+      }
+      await relay.reload(withOverrides(next));
+      relay.metrics.configReloaded("success");
+    } catch (err) {
+      relay.metrics.configReloaded("failure");
+      const problems = err instanceof ConfigError
+        ? err.problems
+        : [err instanceof Error ? err.message : String(err)];
+      log.error("reload failed, the previous configuration stays in force: {problems}", {
+        problems: problems.join("; "),
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  const onHangup = () => {
+    if (reloading) {
+      again = true;
+      log.info("SIGHUP: a reload is under way; {config} is read again after it", {
+        config: values.config,
+      });
+      return;
+    }
+    reloading = true;
+    (async () => {
+      do {
+        again = false;
+        log.info("SIGHUP: reloading {config}", { config: values.config });
+        await reloadOnce();
+      } while (again);
+      reloading = false;
+    })();
   };
   Deno.addSignalListener("SIGHUP", onHangup);
   const signal = await new Promise<string>((done) => {

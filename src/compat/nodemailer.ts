@@ -2,8 +2,10 @@
  * The one place that relies on nodemailer beyond its documented API: its SMTP pool
  * (`transport.transporter`) fed a hand-built mail, the pool's connection list (QUIT on
  * idle connections), the SIZE a server advertised (`SMTPConnection#_maxAllowedSize`) and
- * the shape of nodemailer's own "too big" error, and how a `getSocket` handler's result
- * reaches the connection. Everything else in the relay uses nodemailer's public API.
+ * the shape of nodemailer's own "too big" error, how a `getSocket` handler's result
+ * reaches the connection, and the pool's abort of a mail (`mail.data.signal`: the mail
+ * leaves the queue, or the connection sending it is closed, and it fails with `EABORT`).
+ * Everything else in the relay uses nodemailer's public API.
  *
  * {@link checkNodemailer} verifies each of these at start-up, by shape and by running
  * them against an in-memory SMTP server, and fails loudly, naming the missing piece.
@@ -36,6 +38,19 @@ export interface RawMessage {
   readonly bytes: Uint8Array;
   /** Ask for BODY=8BITMIME (where the server offers it). */
   readonly use8BitMime: boolean;
+  /**
+   * Gives up on the message: still queued, it leaves the queue; being sent, the connection
+   * sending it is closed (so a provider that has not had the final dot never gets it).
+   * {@link sendRaw} then rejects with an error for which {@link isAbort} is true.
+   */
+  readonly signal?: AbortSignal;
+  /**
+   * Called when the last byte of the message has been handed on towards the socket, just
+   * before nodemailer writes the final dot: from then on the provider may have the whole
+   * message, and giving up leaves its outcome unknown. Before it, closing the connection
+   * means the message was not delivered.
+   */
+  readonly onEnd?: () => void;
 }
 
 /**
@@ -106,7 +121,7 @@ interface InternalConnection {
 
 /** What nodemailer's pool reads from a queued mail (normally built by its Mailer). */
 interface InternalMail {
-  readonly data: Record<string, never>;
+  readonly data: { readonly signal?: AbortSignal };
   readonly message: {
     getEnvelope(): { from: string; to: string[]; size: number; use8BitMime: boolean };
     messageId(): string;
@@ -129,7 +144,7 @@ function internalMail(message: RawMessage): InternalMail {
     message.bytes.byteLength,
   );
   return {
-    data: {},
+    data: message.signal ? { signal: message.signal } : {},
     message: {
       // A new object each time: nodemailer writes the outcome (`mailError`, accepted,
       // rejected) into the envelope it is given, and a message moved to a new connection
@@ -142,13 +157,18 @@ function internalMail(message: RawMessage): InternalMail {
       }),
       messageId: () => "",
       getHeader: () => "",
-      createReadStream: () =>
-        new Readable({
+      createReadStream: () => {
+        const stream = new Readable({
           read() {
             this.push(bytes);
             this.push(null);
           },
-        }),
+        });
+        // Registered before nodemailer pipes the stream into its dot-stuffing stream, so it
+        // runs before that stream is ended (which is when it writes the final dot).
+        if (message.onEnd) stream.once("end", message.onEnd);
+        return stream;
+      },
     },
   };
 }
@@ -174,6 +194,11 @@ export function sendRaw(
       );
     });
   });
+}
+
+/** True for the error {@link sendRaw} rejects with when the message's `signal` aborted it. */
+export function isAbort(err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === "EABORT";
 }
 
 /**
@@ -253,7 +278,8 @@ const CHECK_TIMEOUT_MS = 5_000;
  * {@link sendRaw} is delivered byte for byte (so the wait did not time the connection
  * out: {@link socketHandOver}); a message over the advertised SIZE is refused by
  * nodemailer as {@link MessageTooBig} with the server's limit read from the connection;
- * {@link quitIdleConnections} finds the idle connection and the server sees QUIT.
+ * a mail whose `signal` is already aborted fails with `EABORT` ({@link isAbort}) and is not
+ * sent; {@link quitIdleConnections} finds the idle connection and the server sees QUIT.
  *
  * `library` replaces the real nodemailer (tests pass broken ones); `timeoutMs` bounds each
  * step of the run. A version other than the pinned one is no error by itself: the result
@@ -361,6 +387,24 @@ export async function checkNodemailer(
     }
     if (refusal.limit !== server.size) {
       throw missing("SMTPConnection#_maxAllowedSize of the sending connection is not readable");
+    }
+
+    const aborted = await step(
+      "aborting a queued mail (mail.data.signal)",
+      () =>
+        sendRaw(transport, {
+          from: "a@relay.invalid",
+          to: ["b@relay.invalid"],
+          bytes: small,
+          use8BitMime: false,
+          signal: AbortSignal.abort(),
+        }).then(() => new Error("an aborted mail was sent"), (err) => err),
+    );
+    if (!isAbort(aborted) || server.received.length !== 1) {
+      throw missing(
+        "the abort of a mail (mail.data.signal, EABORT) has changed" +
+          (aborted instanceof Error ? `: ${aborted.message}` : ""),
+      );
     }
 
     await step("quitting an idle pooled connection", async () => {

@@ -80,6 +80,13 @@ export const DEFAULTS = {
   httpPort: 9090,
   /** On SIGTERM, messages already in DATA get this long to finish, in s. */
   shutdownTimeoutSeconds: 30,
+  /**
+   * Longest a message may take from the end of the client's DATA to the relay's reply
+   * (quota, token, waiting for a connection, the upstream transaction), in s; then
+   * 451 4.4.7 and it is not sent. Well under the 10 minutes a client waits for that reply
+   * (RFC 5321 section 4.5.3.2.6).
+   */
+  deliveryTimeoutSeconds: 120,
   /** Directory for rotated refresh tokens and quota counters (mode 0700, files 0600). */
   stateDir: "./state",
   /** An access token is refreshed this long before it expires, in seconds. */

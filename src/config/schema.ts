@@ -273,6 +273,8 @@ export const configSchema = z.object({
   /** On SIGTERM, messages already in DATA get this long to finish (seconds). */
   shutdownTimeoutSeconds: z.int("expected an integer").min(0, "expected seconds >= 0")
     .default(DEFAULTS.shutdownTimeoutSeconds),
+  /** Longest a message may take from the end of DATA to its reply (seconds); then 451 4.4.7. */
+  deliveryTimeoutSeconds: positiveInt.default(DEFAULTS.deliveryTimeoutSeconds),
   /** Where rotated refresh tokens (`tokens/`) and quota counters (`quota/`) are kept. */
   stateDir: text("expected a directory path").default(DEFAULTS.stateDir),
   /** Token handling. */

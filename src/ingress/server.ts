@@ -95,11 +95,14 @@ export interface Ingress {
   /** Open client sessions. */
   readonly sessions: number;
   /**
-   * Graceful stop: no new connections; idle sessions and every new command get
-   * `421 4.3.2`; a message already in DATA finishes (its client gets the real reply) until
-   * `deadlineMs`, after which the rest are cut off. Resolves when every session is gone.
+   * Graceful stop: no new connections; idle sessions get `421 4.3.2`, and so does every
+   * session right after the reply to its message; a message whose DATA was accepted (354)
+   * finishes and its client gets the real reply, until `deadlineMs`. Then `atDeadline`
+   * runs (the backend gives up on the messages it is delivering: their clients get its
+   * reply), and a message still arriving is cut with `421 4.3.2` and a log line.
+   * Resolves when every session is gone.
    */
-  drain(deadlineMs: number): Promise<void>;
+  drain(deadlineMs: number, atDeadline?: () => void): Promise<void>;
   /** Stops listening and closes sessions at once. */
   close(): Promise<void>;
 }
@@ -123,6 +126,8 @@ class Client {
   timer?: ReturnType<typeof setTimeout>;
   /** Between DATA and the reply to it: the transaction the drain lets finish. */
   busy = false;
+  /** While busy: the message is still arriving (not yet handed to the backend). */
+  arriving?: SMTPServerDataStream;
 
   constructor(connection: Connection) {
     this.connection = connection;
@@ -215,6 +220,32 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
   let drained: (() => void) | undefined;
   const checkDrained = () => {
     if (draining && clients.size === 0) drained?.();
+  };
+  /** The drain's deadline came while `c`'s message was still arriving, or with no reply. */
+  const cutAtDeadline = (c: Client) => {
+    const session = c.connection.session;
+    const props = {
+      ip: c.ip,
+      account: session.user ?? "",
+      from: session.envelope.mailFrom ? session.envelope.mailFrom.address : "",
+      bytes: c.arriving?.byteLength ?? 0,
+    };
+    if (c.arriving) {
+      log.warn(
+        "shutdown deadline: message from {ip} ({account} <{from}>) cut while arriving " +
+          "({bytes} bytes so far): not delivered, the client got 421 4.3.2",
+        props,
+      );
+    } else {
+      // The backend had it and did not answer at its deadline: nothing is known of it here.
+      log.warn(
+        "shutdown deadline: message from {ip} ({account} <{from}>) had no reply: " +
+          "outcome unknown, the client got 421 4.3.2",
+        props,
+      );
+    }
+    c.busy = false;
+    c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN));
   };
 
   /** Says that AUTH as `username` is locked; names it only if it is a configured account. */
@@ -433,17 +464,28 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       },
 
       onData(stream, session, reply_) {
+        // smtp-server calls this when it accepts DATA, before it sends the 354: from here
+        // on the client may send the message, so the drain lets the transaction finish.
         const c = clientOf(session);
         c.busy = true;
-        // After the reply, a draining relay ends the session (the reply goes out first).
+        c.arriving = stream as SMTPServerDataStream;
         const callback: typeof reply_ = (err, message) => {
           c.busy = false;
+          c.arriving = undefined;
+          // The stream has ended (read to its end, or destroyed), so smtp-server writes the
+          // reply within this call, then reads on: a command pipelined after the message is
+          // dispatched, but a DATA cannot be, since MAIL and RCPT answer asynchronously.
           reply_(err, message);
-          if (draining) {
-            setTimeout(() => c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN)), 0);
+          // A draining relay ends the session right after the reply, in the same turn: a
+          // later 421 (a timer) could reach a client that meanwhile had its next message
+          // accepted and sent, and that message would be delivered after a 421.
+          const closed = (err as { responseCode?: number } | null)?.responseCode === 421;
+          if (draining && !c.busy && !closed) {
+            c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN));
           }
         };
         collect(stream).then((message) => {
+          c.arriving = undefined;
           if ((stream as SMTPServerDataStream).sizeExceeded) {
             observer?.refused("size");
             return callback(smtpError(reply(
@@ -497,16 +539,25 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
     get sessions() {
       return clients.size;
     },
-    async drain(deadlineMs) {
+    async drain(deadlineMs, atDeadline) {
       draining = true;
       const done = new Promise<void>((ok) => drained = ok);
       for (const server of servers) server.server.close();
       for (const c of clients) if (!c.busy) c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN));
       checkDrained();
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const deadline = new Promise<void>((ok) => timer = setTimeout(ok, deadlineMs));
-      await Promise.race([done, deadline]);
+      const deadline = new Promise<"deadline">((ok) =>
+        timer = setTimeout(ok, deadlineMs, "deadline")
+      );
+      const ended = await Promise.race([done, deadline]);
       clearTimeout(timer);
+      if (ended === "deadline" && clients.size > 0) {
+        // Messages being delivered: the backend gives up on them and their replies go out
+        // (within this turn's promise jobs, so one timer turn later they are written).
+        atDeadline?.();
+        await new Promise((ok) => setTimeout(ok, 0));
+        for (const c of clients) if (c.busy) cutAtDeadline(c);
+      }
       await Promise.all(servers.map((s) => closeServer(s)));
     },
     close: () => Promise.all(servers.map((s) => closeServer(s))).then(() => {}),

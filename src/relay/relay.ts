@@ -11,6 +11,7 @@ import {
   describeResult,
   type OutgoingMessage,
   type RefusedRecipient,
+  type SendProgress,
   type UpstreamResult,
 } from "../upstream/pool.ts";
 import { nonDeliveryReport } from "./dsn.ts";
@@ -19,6 +20,7 @@ import { TokenError } from "../tokens/oauth.ts";
 import { PasswordVerifier, verifyNobody } from "./password.ts";
 import type { QuotaKind, QuotaLimits } from "../quota/quota.ts";
 import { isReservation, type Quotas } from "../quota/quotas.ts";
+import { DEFAULTS } from "../config/defaults.ts";
 
 /** How one message ended, as counted in metrics. */
 export type MessageResult =
@@ -29,7 +31,9 @@ export type MessageResult =
   | "deferred"
   | "upstream_auth"
   | "token_error"
-  | "unreachable";
+  | "unreachable"
+  | "expired"
+  | "shutdown";
 
 /** The parts of an account the relay uses. */
 export interface RelayAccount {
@@ -71,6 +75,25 @@ export interface RelayOptions {
   readonly name: string;
   /** The accounts' quota counters. */
   readonly quotas: Quotas;
+  /**
+   * Longest a message may take from the end of DATA to its reply, ms (default
+   * {@link DEFAULT_DELIVERY_TIMEOUT_MS}); see {@link Relay.deliver}.
+   */
+  readonly deliveryTimeoutMs?: number;
+}
+
+/** Default of {@link RelayOptions.deliveryTimeoutMs}: the config's default. */
+export const DEFAULT_DELIVERY_TIMEOUT_MS = DEFAULTS.deliveryTimeoutSeconds * 1000;
+
+/** Why the relay gave up on a message it was delivering (an abort reason). */
+class GaveUp extends Error {
+  readonly why: "deadline" | "shutdown";
+  readonly afterMs: number;
+  constructor(why: "deadline" | "shutdown", afterMs: number) {
+    super(why === "deadline" ? "delivery time limit reached" : "shutting down");
+    this.why = why;
+    this.afterMs = afterMs;
+  }
 }
 
 /** One mail transaction, as the client gave it. */
@@ -108,6 +131,11 @@ export class Relay implements Backend {
   readonly #quotas: Quotas;
   /** Non-delivery reports still being sent. */
   readonly #reports = new Set<Promise<void>>();
+  #deliveryTimeoutMs: number;
+  /** One per message being delivered: aborting it gives up on that message. */
+  readonly #inflight = new Set<AbortController>();
+  /** Past the shutdown deadline: a message that arrives now is given up at once. */
+  #abandoning = false;
 
   /**
    * `accounts` must have unique addresses and aliases (the config loader checks);
@@ -122,7 +150,26 @@ export class Relay implements Backend {
     this.#observer = observer;
     this.#name = options.name;
     this.#quotas = options.quotas;
+    this.#deliveryTimeoutMs = options.deliveryTimeoutMs ?? DEFAULT_DELIVERY_TIMEOUT_MS;
     this.update(accounts, senderDomains);
+  }
+
+  /** Sets the delivery deadline of messages that arrive from now on (config reload). */
+  setDeliveryTimeout(ms: number): void {
+    this.#deliveryTimeoutMs = ms;
+  }
+
+  /**
+   * Shutdown deadline: gives up on every message being delivered now. Each one's client
+   * gets `421 4.3.2` at once and each is logged (not delivered, or outcome unknown when
+   * the provider had the whole message and had not answered). So is every message that
+   * arrives after this call (its body completed just now). Returns how many were in flight.
+   */
+  abandonAll(): number {
+    this.#abandoning = true;
+    const count = this.#inflight.size;
+    for (const control of [...this.#inflight]) control.abort(new GaveUp("shutdown", 0));
+    return count;
   }
 
   /** Resolves once the non-delivery reports being sent now are done (shutdown). */
@@ -211,13 +258,33 @@ export class Relay implements Backend {
 
   /**
    * Delivers upstream and answers with what the provider said. The quota reservation is
-   * taken and settled within this call: committed when the provider took the message,
-   * released otherwise (also when anything throws), whether or not the client is still there.
+   * taken and settled within this call: committed when the provider took the message (or
+   * may have: see below), released otherwise (also when anything throws), whether or not
+   * the client is still there.
+   *
+   * The whole of it has a deadline (`deliveryTimeoutMs`, from the moment the relay has the
+   * message): then the client gets `451 4.4.7` at once and the message is given up
+   * (see {@link OutgoingMessage.signal}): one still waiting (quota, token, a connection)
+   * is never sent, one being sent has its connection closed before the final dot. If the
+   * dot was already written and the provider had not answered, the outcome is unknown:
+   * logged as such, and counted against the quota, since the provider may deliver it.
+   * {@link abandonAll} does the same with `421 4.3.2` at the shutdown deadline.
    */
   async deliver(entry: Entry, tx: Transaction): Promise<Reply> {
     const started = performance.now();
     const arrivedAt = Date.now();
-    const outcome = await this.#attempt(entry.account, tx);
+    const control = new AbortController();
+    const timeoutMs = this.#deliveryTimeoutMs;
+    const timer = setTimeout(() => control.abort(new GaveUp("deadline", timeoutMs)), timeoutMs);
+    this.#inflight.add(control);
+    if (this.#abandoning) control.abort(new GaveUp("shutdown", 0));
+    let outcome: Outcome;
+    try {
+      outcome = await this.#attempt(entry.account, tx, control.signal);
+    } finally {
+      clearTimeout(timer);
+      this.#inflight.delete(control);
+    }
     const refused = outcome.refusedRecipients;
     if (refused.length > 0 && tx.from !== "") {
       const report = this.#report(entry.account, tx, refused, new Date(arrivedAt));
@@ -239,7 +306,9 @@ export class Relay implements Backend {
     const line =
       "{result} {account} {size} bytes {recipients} rcpt ({refused} refused): {reply} in {durationMs} ms";
     if (outcome.result === "delivered") log.info(line, props);
-    else log.warn(line, props);
+    else if (outcome.gaveUp) {
+      log.warn(`${line}; {delivery}`, { ...props, delivery: outcome.gaveUp });
+    } else log.warn(line, props);
     return outcome.reply;
   }
 
@@ -288,9 +357,12 @@ export class Relay implements Backend {
       original: tx.message,
       arrival,
     });
-    let r = await account.deliver({ from: "", to: [tx.from], raw });
+    // A report has the same deadline as a message (it is not waited for by anyone, but
+    // must not hold a connection to a stalled provider).
+    const signal = AbortSignal.timeout(this.#deliveryTimeoutMs);
+    let r = await account.deliver({ from: "", to: [tx.from], raw, signal });
     if (r.kind === "rejected") {
-      r = await account.deliver({ from: account.email, to: [tx.from], raw });
+      r = await account.deliver({ from: account.email, to: [tx.from], raw, signal });
     }
     if (r.kind === "sent" && r.refusedRecipients.length === 0) {
       reserved.commit();
@@ -300,7 +372,11 @@ export class Relay implements Backend {
     return ["failed", describeResult(r)];
   }
 
-  async #attempt(account: RelayAccount, tx: Transaction): Promise<Outcome> {
+  async #attempt(
+    account: RelayAccount,
+    tx: Transaction,
+    signal: AbortSignal,
+  ): Promise<Outcome> {
     const reserved = await this.#quotas.reserve(account.email, account.quota, tx.to.length);
     if (!isReservation(reserved)) {
       this.#observer?.quotaDeferred(reserved.kind);
@@ -310,14 +386,42 @@ export class Relay implements Backend {
         refusedRecipients: [],
       };
     }
-    try {
-      const result = await account.deliver({ from: tx.from, to: tx.to, raw: tx.message });
+    const progress: SendProgress = { endSent: false };
+    if (signal.aborted) {
+      reserved.release();
+      return abandonedOutcome(signal.reason, progress);
+    }
+    // Given up on: the client's reply now, whatever the delivery is doing (a token request
+    // or a permit wait does not hold it up); the delivery ends promptly on the same signal.
+    let onAbort: (() => void) | undefined;
+    const abandoned = new Promise<Outcome>((ok) => {
+      onAbort = () => ok(abandonedOutcome(signal.reason, progress));
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+    const delivered = account.deliver({
+      from: tx.from,
+      to: tx.to,
+      raw: tx.message,
+      signal,
+      progress,
+    }).then((result) => {
+      if (result.kind === "abandoned") {
+        // The provider may have it: count it, as the provider would.
+        if (result.endSent) reserved.commit();
+        return abandonedOutcome(signal.reason, progress);
+      }
       const outcome = fromUpstream(result, tx.to.length);
       // Only what the provider took counts against the quota.
       if (outcome.result === "delivered" || outcome.result === "partial") reserved.commit();
       return outcome;
-    } finally {
+    }).finally(() => {
       reserved.release(); // no-op after the commit
+    });
+    try {
+      return await Promise.race([delivered, abandoned]);
+    } finally {
+      signal.removeEventListener("abort", onAbort!);
+      delivered.catch(() => {}); // settled after the race was decided: nobody waits for it
     }
   }
 }
@@ -392,6 +496,25 @@ interface Outcome {
   readonly reply: Reply;
   /** Recipients the provider refused while it took the message for others. */
   readonly refusedRecipients: readonly RefusedRecipient[];
+  /** Given up on: what is known of its delivery, for the log. */
+  readonly gaveUp?: string;
+}
+
+/** The outcome of a message the relay gave up on (`reason`: the abort's). */
+function abandonedOutcome(reason: unknown, progress: SendProgress): Outcome {
+  const shutdown = reason instanceof GaveUp && reason.why === "shutdown";
+  const seconds = reason instanceof GaveUp ? Math.round(reason.afterMs / 100) / 10 : 0;
+  return {
+    result: shutdown ? "shutdown" : "expired",
+    reply: shutdown
+      ? reply(421, "4.3.2", "Service shutting down, try again later")
+      : reply(451, "4.4.7", `Delivery time limit (${seconds} s) reached, try again later`),
+    refusedRecipients: [],
+    gaveUp: progress.endSent
+      ? "outcome unknown: the provider had the whole message and had not answered, it may " +
+        "still deliver it (the client was told to retry: a possible duplicate)"
+      : "not delivered: the provider never got the end of the message",
+  };
 }
 
 const QUOTA_NAMES: Record<QuotaKind, string> = {
@@ -492,6 +615,8 @@ function fromUpstream(r: UpstreamResult, recipients: number): Outcome {
         reply: reply(451, "4.4.1", clipReply(`Provider unreachable, try again later: ${r.detail}`)),
         refusedRecipients: [],
       };
+    case "abandoned": // handled by the caller, which knows why
+      return abandonedOutcome(undefined, { endSent: r.endSent });
   }
 }
 

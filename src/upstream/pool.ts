@@ -4,7 +4,9 @@
  * host name with TCP_NODELAY. Each socket holds a connection permit
  * ({@link ConnectionPermits}) from before it opens until it closes: the permits are the
  * cap on an account's connections, nodemailer's `maxConnections` only a local bound.
- * Outcomes come back as data ({@link UpstreamResult}).
+ * Outcomes come back as data ({@link UpstreamResult}). A caller may give up on a message
+ * ({@link OutgoingMessage.signal}): it is then never sent, or its connection is closed
+ * before the final dot, or (the dot already written) its outcome is reported unknown.
  * @module
  */
 import net from "node:net";
@@ -14,6 +16,7 @@ import type { NodemailerError } from "nodemailer";
 import { classEnhanced, formatReply, parseReply, type Reply, reply } from "../smtp/reply.ts";
 import type { UpstreamTls } from "../config/providers.ts";
 import {
+  isAbort,
   MessageTooBig,
   type PoolTransport,
   quitIdleConnections,
@@ -115,6 +118,19 @@ export type UpstreamResult =
     readonly kind: "unreachable";
     /** Secret-free description. */
     readonly detail: string;
+  }
+  | {
+    /**
+     * The caller gave up ({@link OutgoingMessage.signal}): the message left the queue, or
+     * the connection sending it was closed.
+     */
+    readonly kind: "abandoned";
+    /**
+     * The end of the message (the final dot) may have reached the provider, with no reply
+     * yet: the outcome is unknown. False: the provider never had the whole message, so it
+     * was not delivered.
+     */
+    readonly endSent: boolean;
   };
 
 /** One secret-free line for an outcome: the provider's reply, or what went wrong. */
@@ -124,6 +140,10 @@ export function describeResult(r: UpstreamResult): string {
       return formatReply(r.refusedRecipients.length ? r.refusedRecipients[0].reply : r.reply);
     case "unreachable":
       return r.detail;
+    case "abandoned":
+      return r.endSent
+        ? "given up after the end of the message was sent, before the provider answered"
+        : "given up before the end of the message was sent";
     case "token":
       return r.error.message;
     default:
@@ -139,6 +159,23 @@ export interface OutgoingMessage {
   readonly to: readonly string[];
   /** The message exactly as the client sent it (after dot-unstuffing). */
   readonly raw: Uint8Array;
+  /**
+   * Gives up on the message (its deadline, shutdown): {@link UpstreamPool.send} then
+   * resolves to `abandoned` at once. Not yet sent, it never will be: it leaves the queue, or
+   * the connection sending it is closed before the final dot.
+   */
+  readonly signal?: AbortSignal;
+  /** Filled in while it is sent, for a caller that gives up before `send` resolves. */
+  readonly progress?: SendProgress;
+}
+
+/** How far one message got, as {@link UpstreamPool.send} goes. */
+export interface SendProgress {
+  /**
+   * Set once the end of the message may have reached the provider (the final dot is being
+   * written): from then on, giving up leaves the outcome unknown.
+   */
+  endSent: boolean;
 }
 
 /** A marker so token failures are told apart from nodemailer's own errors. */
@@ -227,8 +264,14 @@ export class UpstreamPool {
     );
   }
 
-  /** Sends one message; never throws. */
+  /**
+   * Sends one message; never throws. With `message.signal` aborted, resolves to `abandoned`
+   * at once (see {@link OutgoingMessage.signal}).
+   */
   async send(message: OutgoingMessage): Promise<UpstreamResult> {
+    const signal = message.signal;
+    let endSent = false;
+    if (signal?.aborted) return { kind: "abandoned", endSent };
     try {
       const info = await sendRaw(this.#transport, {
         from: asciiDomain(message.from),
@@ -237,6 +280,11 @@ export class UpstreamPool {
         // MAIL FROM carries SIZE= (a provider refuses an oversized message before it is
         // sent) and, for a message with 8-bit bytes, BODY=8BITMIME (RFC 6152), where offered.
         use8BitMime: has8Bit(message.raw),
+        signal,
+        onEnd: () => {
+          endSent = true;
+          if (message.progress) message.progress.endSent = true;
+        },
       });
       const errors: NodemailerError[] = info.rejectedErrors ?? [];
       return {
@@ -248,6 +296,8 @@ export class UpstreamPool {
         })),
       };
     } catch (err) {
+      // Whatever else went wrong at the same moment, the caller has given up on it.
+      if (isAbort(err) || signal?.aborted) return { kind: "abandoned", endSent };
       return classify(err);
     } finally {
       // The connection that sent it may now sit idle while a message of this pool waits
