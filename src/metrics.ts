@@ -196,6 +196,8 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
       "token_error",
       "unreachable",
       "quota",
+      "expired",
+      "shutdown",
     ];
     for (const r of results) this.#messages.inc({ result: r }, 0);
     for (const k of ["messages_per_day", "recipients_per_day", "messages_per_minute"]) {

@@ -1,6 +1,7 @@
 /**
  * What a reload may change in place, decided in one pure function. Accounts, sender
- * domains and token settings are applied; every other setting needs a restart and keeps
+ * domains, token settings and `deliveryTimeoutSeconds` (for messages that arrive after the
+ * reload) are applied; every other setting needs a restart and keeps
  * the value the process started with, so a change not applied stays reported (and not
  * applied) at every later reload until the process restarts.
  * @module
