@@ -117,6 +117,31 @@ export function sendReply(connection: Connection, code: number, text: string): v
   (connection as unknown as ConnectionInternals).send(code, text);
 }
 
+/**
+ * Gives smtp-server's own 421 replies an enhanced status code (RFC 3463): it sends some
+ * without one (`421 Timeout - closing connection`, `421 Error: Command line too long`,
+ * `421 Error: too many unauthenticated commands`, `421 <name> You talk too soon`). A
+ * timeout gets 4.4.2, shutting down 4.3.2, anything else 4.7.0. Replies that have a code
+ * already pass unchanged.
+ */
+export function enhance421(connection: Connection): void {
+  const c = connection as unknown as ConnectionInternals;
+  const send = c.send;
+  c.send = function (this: unknown, code: number, data?: string, ...rest: unknown[]) {
+    if (code === 421 && typeof data === "string" && !ENHANCED.test(data)) {
+      const enhanced = /timeout/i.test(data)
+        ? "4.4.2"
+        : /shutting down/i.test(data)
+        ? "4.3.2"
+        : "4.7.0";
+      data = `${enhanced} ${data}`;
+    }
+    return (send as (...a: unknown[]) => void).call(this, code, data, ...rest);
+  };
+}
+
+const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
+
 /** Closes the connection's socket at once, without a reply. */
 export function destroySocket(connection: Connection): void {
   (connection as unknown as ConnectionInternals)._socket.destroy();

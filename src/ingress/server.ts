@@ -24,6 +24,7 @@ import {
   captureNew,
   coalesceWrites,
   type Connection,
+  enhance421,
   onTransactionReset,
   sendReply,
   skipGreetingPause,
@@ -197,6 +198,7 @@ class Listener extends SMTPServer {
       if (client.authenticated && !connection.session.user) client.authenticated = false;
       client.session?.reset();
     });
+    enhance421(connection);
     if (this.#fast(connection.remoteAddress)) skipGreetingPause(connection);
   }
 }

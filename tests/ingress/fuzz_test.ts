@@ -665,7 +665,7 @@ async function slowloris(f: Fuzz, variant: number): Promise<void> {
       // Silent client: the idle timeout (1 s) closes it.
       if (variant === 1) await f.lockstep(["EHLO client.test"]);
       const r = await f.s.next(4_000);
-      if (typeof r === "string" || !/^421 Timeout - closing connection$/.test(r.lines[0])) {
+      if (typeof r === "string" || !/^421 4\.4\.2 Timeout - closing connection$/.test(r.lines[0])) {
         f.problem(`idle: expected 421 Timeout, got ${typeof r === "string" ? r : r.lines[0]}`);
       }
       if (!await f.s.waitClosed(3_000)) f.problem("idle: not closed");

@@ -176,7 +176,7 @@ Deno.test("early talkers: refused when untrusted, welcome from loopback", async 
     await remote.client.send("EHLO early.example");
     const first = await remote.client.reply();
     const second = first.code === 220 ? await remote.client.reply() : first;
-    assert.match(second.last, /^421 .*You talk too soon/);
+    assert.match(second.last, /^421 4\.7\.0 .*You talk too soon/);
     await remote.client.close();
     // A loopback client gets its greeting at once and may pipeline.
     const local = await RawSmtp.connect(h.relay.smtp.port, { proxy: "127.0.0.1", greeting: false });
@@ -439,7 +439,7 @@ Deno.test("session limits: unauthenticated commands, long lines, total session t
     await t.step("over-long command line", async () => {
       const { client: c } = await RawSmtp.connect(h.relay.smtp.port);
       const r = await c.command(`EHLO ${"x".repeat(600)}`);
-      assert.equal(r.last, "421 Error: Command line too long");
+      assert.equal(r.last, "421 4.7.0 Error: Command line too long");
       assert.ok(await c.closedByServer());
       await c.close();
     });

@@ -132,7 +132,7 @@ export class SmtpModel {
     this.closed = true;
     return {
       code: 421,
-      text: /^421 Error: Command line too long$/,
+      text: /^421 4\.7\.0 Error: Command line too long$/,
       closes: true,
       why: "line too long",
     };
