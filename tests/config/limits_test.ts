@@ -3,10 +3,8 @@
  * defaults (no exemption: loopback is not exempt) and errors that name the field.
  */
 import assert from "node:assert/strict";
-import { ConfigError, parseConfig } from "../../src/config/load.ts";
-
-/** Syntactically valid; no password hashes to it, none is needed here. */
-const HASH = "scrypt$16384$8$1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNo";
+import { parseConfig } from "../../src/config/load.ts";
+import { HASH, problems } from "./helpers.ts";
 
 function config(limits?: unknown) {
   return {
@@ -19,17 +17,6 @@ function config(limits?: unknown) {
       passwordHash: HASH,
     }],
   };
-}
-
-/** The problem lines parseConfig reports for `input` (fails if it accepts it). */
-function problems(input: unknown): readonly string[] {
-  try {
-    parseConfig(input);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  assert.fail("the config was accepted");
 }
 
 Deno.test("limits: no AUTH-failure exemption by default; account lock and shedding defaults", () => {

@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { ConfigError, parseConfig } from "../../src/config/load.ts";
+import { parseConfig } from "../../src/config/load.ts";
+import { HASH, problems } from "./helpers.ts";
 import { upstreamTarget } from "../../src/accounts.ts";
 import { SANDBOX_CA_PEM } from "../../src/sandbox/tls.ts";
 
@@ -13,8 +14,6 @@ const ROOT = new URL("../../", import.meta.url);
 const MAIN = fileURLToPath(new URL("src/main.ts", ROOT));
 const CONFIG_MOD = new URL("src/config/mod.ts", ROOT).href;
 
-/** Syntactically valid; no password hashes to it, none is needed here. */
-const HASH = "scrypt$16384$8$1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNo";
 const LOOPBACK = "the sandbox provider only runs on loopback (localhost, 127.0.0.0/8, ::1)";
 
 /** A one-account config object with `provider`. */
@@ -29,17 +28,6 @@ function config(provider: unknown) {
       passwordHash: HASH,
     }],
   };
-}
-
-/** The problem lines parseConfig reports for `input` (fails if it accepts it). */
-function problems(input: unknown): readonly string[] {
-  try {
-    parseConfig(input);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  assert.fail("the config was accepted");
 }
 
 Deno.test("sandbox with a non-loopback smtpHost is refused, the field and host named", () => {

@@ -2,12 +2,11 @@
  * Helpers of the token tests: a virtual clock with timers, log capture, a state directory
  * that really refuses writes, and the operator surfaces of a harness relay.
  */
-import { Buffer } from "node:buffer";
 import { configure, jsonLinesFormatter, type LogRecord, reset } from "@logtape/logtape";
 import type { AccountStatus } from "../../src/accounts.ts";
 import type { Readiness } from "../../src/http.ts";
 import type { Timing } from "../../src/tokens/clock.ts";
-import { type Harness, rawMessage } from "../harness.ts";
+import { type Harness, sendMessage } from "../harness.ts";
 
 /**
  * A clock the test moves. Sleeps advance it at once; timers run when {@link advance}
@@ -96,18 +95,7 @@ export class CapturedLogs {
 }
 
 /** Sends one message for account `i`; the reply line (or the error). */
-export async function send(h: Harness, i = 0): Promise<string> {
-  const a = h.accounts[i];
-  try {
-    const info = await h.client(a).sendMail({
-      envelope: { from: a.email, to: ["r@example.net"] },
-      raw: Buffer.from(rawMessage(a.email, "r@example.net", "x\r\n")),
-    });
-    return info.response;
-  } catch (err) {
-    return (err as { response?: string }).response ?? String(err);
-  }
-}
+export const send = (h: Harness, i = 0): Promise<string> => sendMessage(h, i);
 
 /** `/readyz`: status and body text. */
 export async function readyz(

@@ -4,28 +4,16 @@
  * background refresh, the two-minute floor, rotation under concurrency.
  */
 import assert from "node:assert/strict";
-import { Buffer } from "node:buffer";
 import { startRelay } from "../../src/app.ts";
 import { startSandbox } from "../../src/sandbox/mod.ts";
 import { AccountTokens, MIN_LIFETIME_MS } from "../../src/tokens/manager.ts";
 import type { ExpectedVersion } from "../../src/state/store.ts";
 import { FileTokenStore, type StoredToken, type TokenStore } from "../../src/tokens/store.ts";
-import { type Harness, makeAccounts, metricValue, rawMessage, startHarness } from "../harness.ts";
+import { type Harness, makeAccounts, metricValue, sendMessage, startHarness } from "../harness.ts";
 
 const FAST_RETRIES = { attempts: 3, retryBaseMs: 10, timeoutMs: 2_000 };
 
-async function send(h: Harness, i = 0) {
-  const a = h.accounts[i];
-  try {
-    const info = await h.client(a).sendMail({
-      envelope: { from: a.email, to: ["r@example.net"] },
-      raw: Buffer.from(rawMessage(a.email, "r@example.net", "x\r\n")),
-    });
-    return info.response;
-  } catch (err) {
-    return (err as { response?: string }).response ?? String(err);
-  }
-}
+const send = (h: Harness, i = 0) => sendMessage(h, i);
 
 Deno.test("500s then success: retried and delivered", async () => {
   const h = await startHarness({ config: { tokens: FAST_RETRIES } });
