@@ -11,6 +11,7 @@ import { HASH_PASSWORD_USAGE, hashPasswordCommand } from "./commands/hash_passwo
 import { CHECK_USAGE, checkCommand } from "./commands/check.ts";
 import { AUTHORIZE_USAGE, authorizeCommand } from "./commands/authorize.ts";
 import { STATUS_USAGE, statusCommand } from "./commands/status.ts";
+import { PERMISSIONS_USAGE, permissionsCommand } from "./commands/permissions.ts";
 
 const COMMANDS: Record<string, { usage: string; run: (args: string[]) => Promise<number> }> = {
   serve: { usage: SERVE_USAGE, run: serveCommand },
@@ -18,6 +19,7 @@ const COMMANDS: Record<string, { usage: string; run: (args: string[]) => Promise
   check: { usage: CHECK_USAGE, run: checkCommand },
   authorize: { usage: AUTHORIZE_USAGE, run: authorizeCommand },
   status: { usage: STATUS_USAGE, run: statusCommand },
+  permissions: { usage: PERMISSIONS_USAGE, run: permissionsCommand },
 };
 
 const USAGE = "usage:\n" +
@@ -33,16 +35,51 @@ export async function main(args: string[]): Promise<number> {
   const name = named ? args[0] : "serve";
   const command = COMMANDS[name];
   if (!command) return usage(`unknown command "${name}"`);
+  const rest = named ? args.slice(1) : args;
+  if (rest.includes("--help") || rest.includes("-h")) {
+    console.log(`usage: main.ts ${command.usage}`);
+    return 0;
+  }
   try {
-    return await command.run(named ? args.slice(1) : args);
+    return await command.run(rest);
   } catch (err) {
     // parseArgs throws TypeErrors with ERR_PARSE_ARGS_* codes for unknown or bad options.
     const code = (err as { code?: string }).code ?? "";
     if (err instanceof UsageError || code.startsWith("ERR_PARSE_ARGS")) {
       return usage((err as Error).message);
     }
+    const denied = deniedLine(err);
+    if (denied) {
+      console.error(denied);
+      return 1;
+    }
     throw err;
   }
+}
+
+/**
+ * One line for a permission the process lacks (`NotCapable`, e.g. a listener on 0.0.0.0
+ * that the flags do not allow) or a file the system refuses; undefined for anything else.
+ */
+export function deniedLine(err: unknown): string | undefined {
+  if (err instanceof Deno.errors.NotCapable) {
+    return `error: ${err.message.split("\n")[0]} (deno task start computes the flags from the ` +
+      "config; `deno task permissions` prints them)";
+  }
+  if (err instanceof Deno.errors.PermissionDenied) {
+    return `error: ${err.message.split("\n")[0]} (the file system or the OS refused it)`;
+  }
+  return undefined;
+}
+
+/** Errors thrown outside any command's promise (library callbacks): one line, exit 1. */
+function exitOnDenied(event: ErrorEvent | PromiseRejectionEvent): void {
+  const err = "reason" in event ? event.reason : event.error;
+  const line = deniedLine(err);
+  if (!line) return;
+  event.preventDefault();
+  console.error(line);
+  Deno.exit(1);
 }
 
 function usage(message: string): number {
@@ -51,5 +88,7 @@ function usage(message: string): number {
 }
 
 if (import.meta.main) {
+  globalThis.addEventListener("error", exitOnDenied);
+  globalThis.addEventListener("unhandledrejection", exitOnDenied);
   Deno.exit(await main(Deno.args));
 }

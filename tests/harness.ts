@@ -222,38 +222,22 @@ export interface TaskPorts {
 
 /**
  * The `start` task of deno.json as arguments for `Deno.execPath()`, its entry point made
- * absolute, for a relay on `ports` instead of the fixed ones (which `deno task demo` or a
- * running relay may hold): each fixed port in `--allow-net` is replaced by its
- * counterpart and nothing else changes, and `--port`/`--metrics-port` are appended. Throws
- * when the task no longer has one of those entries.
+ * absolute, with `--port`/`--metrics-port` appended for a relay on `ports` instead of the
+ * fixed ones (which `deno task demo` or a running relay may hold). The task runs the
+ * launcher (src/launch.ts), which derives every permission from the config, so no flag is
+ * swapped. Throws when the task no longer runs the launcher with `--allow-run` alone.
  */
 export async function startTaskArgs(ports: TaskPorts): Promise<string[]> {
   const root = new URL("../", import.meta.url);
   const json = JSON.parse(await Deno.readTextFile(new URL("deno.json", root)));
   const words: string[] = json.tasks.start.split(/\s+/);
   if (words[0] !== "deno") throw new Error(`the start task does not run deno: ${words[0]}`);
-  const main = fileURLToPath(new URL("src/main.ts", root));
-  const swaps = new Map([
-    ["127.0.0.1:2525", `127.0.0.1:${ports.smtp}`],
-    ["127.0.0.1:9090", `127.0.0.1:${ports.metrics}`],
-    ["127.0.0.1:2580", `127.0.0.1:${ports.sandboxToken}`],
-    ["localhost:2587", `localhost:${ports.sandboxSmtp}`],
-  ]);
-  const args = words.slice(1).map((word) => {
-    if (word === "src/main.ts") return main;
-    if (!word.startsWith("--allow-net=")) return word;
-    const entries = word.slice("--allow-net=".length).split(",");
-    for (const [from, to] of swaps) {
-      if (entries.filter((e) => e === from).length !== 1) {
-        throw new Error(`the start task's --allow-net has no single ${from}: ${word}`);
-      }
-      entries[entries.indexOf(from)] = to;
-    }
-    return `--allow-net=${entries.join(",")}`;
-  });
-  if (!args.includes(main)) throw new Error("the start task does not run src/main.ts");
-  if (!args.some((w) => w.startsWith("--allow-net="))) {
-    throw new Error("the start task has no --allow-net");
+  const launcher = fileURLToPath(new URL("src/launch.ts", root));
+  const args = words.slice(1).map((word) => word === "src/launch.ts" ? launcher : word);
+  if (!args.includes(launcher)) throw new Error("the start task does not run src/launch.ts");
+  const allows = args.filter((w) => w.startsWith("--allow") || w === "-A");
+  if (allows.join(" ") !== "--allow-run") {
+    throw new Error(`the start task's launcher should have --allow-run only: ${allows}`);
   }
   return [...args, "--port", String(ports.smtp), "--metrics-port", String(ports.metrics)];
 }

@@ -201,7 +201,11 @@ export default defineConfig({
 Deno.test("config module problems: missing file, no default export, syntax error", async (t) => {
   const dir = await Deno.makeTempDir();
   const cases: [string, string | null, RegExp][] = [
-    ["missing.ts", null, /^ {2}missing\.ts: cannot load module: /m],
+    [
+      "missing.ts",
+      null,
+      /^missing\.ts: no such file \(\/.*\/missing\.ts\); create it: cp accounts\.example\.ts missing\.ts and edit it, or name another one with --config PATH\n$/,
+    ],
     ["nodefault.ts", "export const x = 1;\n", /nodefault\.ts: expected a default export/],
     ["syntax.ts", "export default {\n", /syntax\.ts: cannot load module: /],
     ["noaccounts.ts", "export default { accounts: [] };\n", /accounts: expected at least one/],

@@ -30,6 +30,10 @@ export async function loadConfigOrReport(path: string): Promise<RelayConfig | un
     return await loadConfig(path);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
+    if (err.problems.length === 1 && err.problems[0].startsWith(`${path}: `)) {
+      console.error(err.problems[0]); // the file itself: missing, unreadable, not a module
+      return undefined;
+    }
     console.error(`${path}: invalid configuration`);
     for (const p of err.problems) console.error(`  ${p}`);
     return undefined;

@@ -23,6 +23,25 @@ export const SERVE_USAGE = "[serve] [--config PATH] [--host HOST] [--port N] [--
  */
 export const DEFAULT_RELOAD_TIMEOUT_SECONDS = 30;
 
+/** The command line's `--host`, `--port` and `--metrics-port`, where given. */
+export interface ListenOverrides {
+  /** SMTP listen address (`--host`). */
+  readonly host?: string;
+  /** SMTP port (`--port`). */
+  readonly port?: number;
+  /** HTTP port (`--metrics-port`). */
+  readonly metricsPort?: number;
+}
+
+/** The config with the command line's listener overrides applied. */
+export function withListenOverrides(c: RelayConfig, o: ListenOverrides): RelayConfig {
+  return {
+    ...c,
+    smtp: { ...c.smtp, host: o.host ?? c.smtp.host, port: o.port ?? c.smtp.port },
+    http: { ...c.http, port: o.metricsPort ?? c.http.port },
+  };
+}
+
 /** Runs the relay; resolves to the exit status. */
 export async function serveCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -56,11 +75,8 @@ export async function serveCommand(args: string[]): Promise<number> {
   const metricsPort = parsePort("metrics-port", values["metrics-port"]);
   const loaded = await loadConfigOrReport(values.config);
   if (!loaded) return EXIT_USAGE;
-  const withOverrides = (c: RelayConfig): RelayConfig => ({
-    ...c,
-    smtp: { ...c.smtp, host: values.host ?? c.smtp.host, port: port ?? c.smtp.port },
-    http: { ...c.http, port: metricsPort ?? c.http.port },
-  });
+  const withOverrides = (c: RelayConfig) =>
+    withListenOverrides(c, { host: values.host, port, metricsPort });
   const config = withOverrides(loaded);
   await setupLogging(format as LogFormat, level);
   let relay;

@@ -72,7 +72,9 @@ export class ConfigError extends Error {
 export async function loadConfig(path: string, generation = 0): Promise<RelayConfig> {
   // A new query string makes a new module: how a reload re-imports the file. (Modules
   // the config imports itself are not re-imported.)
-  const base = pathToFileURL(resolve(path)).href;
+  const absolute = resolve(path);
+  await checkReadable(path, absolute);
+  const base = pathToFileURL(absolute).href;
   const url = generation > 0 ? `${base}?reload=${generation}` : base;
   let mod: { default?: unknown };
   try {
@@ -175,6 +177,28 @@ function formatPath(path: readonly PropertyKey[]): string {
     else out += out ? `.${String(part)}` : String(part);
   }
   return out;
+}
+
+/** A missing or unreadable config file is one line saying what to do. */
+async function checkReadable(path: string, absolute: string): Promise<void> {
+  try {
+    const info = await Deno.stat(absolute);
+    if (!info.isFile) throw new ConfigError([`${path}: not a file (${absolute})`]);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new ConfigError([
+        `${path}: no such file (${absolute}); create it: cp accounts.example.ts ${path} ` +
+        `and edit it, or name another one with --config PATH`,
+      ]);
+    }
+    if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
+      const how = err instanceof Deno.errors.NotCapable
+        ? `run with --allow-read=${absolute} (deno task start grants it)`
+        : "the file system refuses it: check its owner and mode";
+      throw new ConfigError([`${path}: may not be read (${absolute}): ${how}`]);
+    }
+    throw err;
+  }
 }
 
 function firstLine(err: unknown): string {

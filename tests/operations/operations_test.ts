@@ -195,12 +195,3 @@ Deno.test("/accounts: loopback or bearer token; status prints it", async () => {
     await h.close();
   }
 });
-
-Deno.test("the compile task bakes in exactly the start task's permissions", async () => {
-  const tasks =
-    JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url))).tasks;
-  const flags = (task: string) => task.split(/\s+/).filter((w) => w.startsWith("--allow-")).sort();
-  assert.deepEqual(flags(tasks.compile), flags(tasks.start));
-  assert.ok(!/\s-A\b|--allow-all/.test(tasks.compile));
-  assert.match(tasks.compile, /^deno compile .* --output smtp-oauth2-relay src\/main\.ts$/);
-});

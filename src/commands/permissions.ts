@@ -1,0 +1,92 @@
+/**
+ * `permissions`: loads and validates the config, then prints the exact Deno permission
+ * flags a command needs for it (default `serve`), for the systemd unit, `deno compile` or
+ * a container; `--format json` for the launcher (src/launch.ts).
+ * @module
+ */
+import { resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { DEFAULTS } from "../config/defaults.ts";
+import {
+  CHECK_SOURCES,
+  computePermissions,
+  NO_PERMISSIONS,
+  permissionFlags,
+  type PermissionSet,
+  recordEnvReads,
+  SERVE_SOURCES,
+  statusPermissions,
+} from "../permissions.ts";
+import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
+import { withListenOverrides } from "./serve.ts";
+
+/** Usage line of this command. */
+export const PERMISSIONS_USAGE = "permissions [--command serve|check|status|hash-password]\n" +
+  "        [--format flags|json] [the command's options: --config PATH --host HOST --port N ...]";
+
+/** The commands whose permissions can be printed. */
+const COMMANDS = ["serve", "check", "status", "hash-password"] as const;
+
+/** Prints the permission set; resolves to the exit status (2 for a bad config). */
+export async function permissionsCommand(args: string[]): Promise<number> {
+  // The target command's options pass through: only those that change permissions are read.
+  const { values } = parseArgs({
+    args,
+    strict: false,
+    allowPositionals: true,
+    options: {
+      command: { type: "string", default: "serve" },
+      format: { type: "string", default: "flags" },
+      config: { type: "string", default: "./accounts.ts" },
+      host: { type: "string" },
+      port: { type: "string" },
+      "metrics-port": { type: "string" },
+      url: { type: "string" },
+    },
+  });
+  const str = (v: unknown) => typeof v === "string" ? v : undefined;
+  const command = str(values.command) ?? "serve";
+  if (!(COMMANDS as readonly string[]).includes(command)) {
+    throw new UsageError(`--command: expected ${COMMANDS.join(", ")}, got "${command}"`);
+  }
+  const format = str(values.format);
+  if (format !== "flags" && format !== "json") {
+    throw new UsageError(`--format: expected flags or json, got "${values.format}"`);
+  }
+  const set = await permissionsFor(command, {
+    config: str(values.config) ?? "./accounts.ts",
+    host: str(values.host),
+    port: parsePort("port", str(values.port)),
+    metricsPort: parsePort("metrics-port", str(values["metrics-port"])),
+    url: str(values.url),
+  });
+  if (!set) return EXIT_USAGE;
+  console.log(format === "json" ? JSON.stringify(set) : permissionFlags(set).join(" "));
+  return 0;
+}
+
+/** What decides a command's permissions. */
+interface Wanted {
+  readonly config: string;
+  readonly host?: string;
+  readonly port?: number;
+  readonly metricsPort?: number;
+  readonly url?: string;
+}
+
+/** The set for one command; undefined when the config is invalid (reported already). */
+async function permissionsFor(command: string, w: Wanted): Promise<PermissionSet | undefined> {
+  if (command === "hash-password") return NO_PERMISSIONS;
+  if (command === "status") {
+    const url = w.url ?? `http://${DEFAULTS.httpHost}:${DEFAULTS.httpPort}`;
+    if (!URL.canParse(url)) {
+      throw new UsageError(`--url: expected a URL such as http://127.0.0.1:9090, got "${url}"`);
+    }
+    return statusPermissions(url);
+  }
+  const [loaded, envRead] = await recordEnvReads(() => loadConfigOrReport(w.config));
+  if (!loaded) return undefined;
+  const config = withListenOverrides(loaded, w);
+  const input = { config, configPath: resolve(w.config), envRead, cwd: Deno.cwd() };
+  return computePermissions(input, command === "check" ? CHECK_SOURCES : SERVE_SOURCES);
+}

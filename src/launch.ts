@@ -1,0 +1,158 @@
+/**
+ * The start path (`deno task start`, `deno task permissions`, `deno task compile`): runs
+ * `src/main.ts` with exactly the permissions its config needs.
+ *
+ * 1. A first child, allowed to read the config file only (and `RELAY_*` variables), loads
+ *    and validates it and answers the permission set (`main.ts permissions --format json`).
+ *    A bad or missing config ends here: its lines are printed, exit status 2.
+ * 2. The second child is the command itself with that set (`--no-prompt`: a missing
+ *    permission is an error, never a question). SIGHUP, SIGTERM and SIGINT are forwarded
+ *    to it and the launcher exits with its status.
+ *
+ * The launcher itself reads no file and no variable: it needs `--allow-run` only, to run
+ * `Deno.execPath()` (the real binary, whatever `deno` on PATH is).
+ * @module
+ */
+import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { NO_PERMISSIONS, permissionFlags, type PermissionSet } from "./permissions.ts";
+
+const MAIN = fileURLToPath(new URL("./main.ts", import.meta.url));
+
+/** Commands that get their permissions from the config (or the command line, `status`). */
+const DERIVED = new Set(["serve", "check", "status"]);
+/** Commands that need no permission at all. */
+const NONE = new Set(["hash-password", "help"]);
+
+/** Where the compile task writes the binary. */
+export const COMPILE_OUTPUT = "smtp-oauth2-relay";
+
+/** The command a `main.ts` argument list runs and the arguments after its name. */
+export function commandOf(args: readonly string[]): [string, string[]] {
+  if (args.length > 0 && !args[0].startsWith("-")) return [args[0], args.slice(1)];
+  if (args[0] === "--help" || args[0] === "-h") return ["help", args.slice(1)];
+  return ["serve", [...args]];
+}
+
+/** The `--config` value in an argument list (default `./accounts.ts`). */
+export function configArg(args: readonly string[]): string {
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--config" && i + 1 < args.length) return args[i + 1];
+    if (args[i].startsWith("--config=")) return args[i].slice("--config=".length);
+  }
+  return "./accounts.ts";
+}
+
+/** The flags that let the permissions command load the config: that file, `RELAY_*`. */
+function loaderFlags(config: string): string[] {
+  return ["--no-prompt", `--allow-read=${resolve(config)}`, "--allow-env=RELAY_*"];
+}
+
+/**
+ * The permission set `main.ts <command> <rest>` needs, from the permissions command run
+ * with read access to the config only. Undefined with the exit status when it failed (it
+ * printed why).
+ */
+export async function derivePermissions(
+  command: string,
+  rest: readonly string[],
+): Promise<PermissionSet | number> {
+  if (NONE.has(command) || rest.includes("--help") || rest.includes("-h")) return NO_PERMISSIONS;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      ...loaderFlags(configArg(rest)),
+      MAIN,
+      "permissions",
+      "--format",
+      "json",
+      "--command",
+      command,
+      ...rest,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) return out.code || 1;
+  return JSON.parse(new TextDecoder().decode(out.stdout)) as PermissionSet;
+}
+
+/** Runs `deno <args>` with stdio inherited, forwarding signals; resolves to its status. */
+export async function runForwarding(args: readonly string[]): Promise<number> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [...args],
+    stdin: "inherit",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  const signals: Deno.Signal[] = ["SIGHUP", "SIGTERM", "SIGINT"];
+  const forward = signals.map((signal) => {
+    const handler = () => {
+      try {
+        child.kill(signal);
+      } catch {
+        // already exited
+      }
+    };
+    Deno.addSignalListener(signal, handler);
+    return [signal, handler] as const;
+  });
+  const status = await child.status;
+  for (const [signal, handler] of forward) Deno.removeSignalListener(signal, handler);
+  if (status.signal) return 128 + signalNumber(status.signal);
+  return status.code;
+}
+
+function signalNumber(signal: Deno.Signal): number {
+  const numbers: Partial<Record<Deno.Signal, number>> = {
+    SIGHUP: 1,
+    SIGINT: 2,
+    SIGKILL: 9,
+    SIGTERM: 15,
+  };
+  return numbers[signal] ?? 0;
+}
+
+/** `deno compile` with the serve permissions of the config named in `rest`. */
+export function compileArgs(set: PermissionSet, output = COMPILE_OUTPUT): string[] {
+  return ["compile", ...permissionFlags(set), "--output", output, MAIN];
+}
+
+/** Runs the launcher; resolves to the exit status. */
+export async function launch(args: readonly string[]): Promise<number> {
+  const [command, rest] = commandOf(args);
+  if (command === "permissions") {
+    if (rest.includes("--help") || rest.includes("-h")) {
+      return await runForwarding(["run", MAIN, ...args]);
+    }
+    return await runForwarding(["run", ...loaderFlags(configArg(rest)), MAIN, ...args]);
+  }
+  if (command === "compile") {
+    const print = rest.includes("--print");
+    const serveArgs = rest.filter((a) => a !== "--print");
+    const set = await derivePermissions("serve", serveArgs);
+    if (typeof set === "number") return set;
+    const compile = compileArgs(set);
+    if (print) {
+      console.log(["deno", ...compile].join(" "));
+      return 0;
+    }
+    return await runForwarding(compile);
+  }
+  if (!DERIVED.has(command) && !NONE.has(command)) {
+    // Unknown commands and `authorize` (its own task): main.ts says what is wrong or runs it.
+    if (command === "authorize") {
+      console.error("error: run authorize with its own task: deno task authorize --account EMAIL");
+      return 2;
+    }
+    return await runForwarding(["run", "--no-prompt", MAIN, ...args]);
+  }
+  const set = await derivePermissions(command, rest);
+  if (typeof set === "number") return set;
+  return await runForwarding(["run", ...permissionFlags(set), MAIN, ...args]);
+}
+
+if (import.meta.main) {
+  Deno.exit(await launch(Deno.args));
+}
