@@ -24,6 +24,13 @@ const DERIVED = new Set(["serve", "check", "status"]);
 /** Commands that need no permission at all. */
 const NONE = new Set(["hash-password", "help"]);
 
+/**
+ * First argument the launcher puts before the command: main.ts then exits when the
+ * launcher is gone (killed with SIGKILL, which cannot be forwarded), so no orphaned relay
+ * keeps the ports.
+ */
+export const LAUNCHED_FLAG = "--launched";
+
 /** Where the compile task writes the binary. */
 export const COMPILE_OUTPUT = "smtp-oauth2-relay";
 
@@ -150,7 +157,7 @@ export async function launch(args: readonly string[]): Promise<number> {
   }
   const set = await derivePermissions(command, rest);
   if (typeof set === "number") return set;
-  return await runForwarding(["run", ...permissionFlags(set), MAIN, ...args]);
+  return await runForwarding(["run", ...permissionFlags(set), MAIN, LAUNCHED_FLAG, ...args]);
 }
 
 if (import.meta.main) {

@@ -11,6 +11,7 @@ import { HASH_PASSWORD_USAGE, hashPasswordCommand } from "./commands/hash_passwo
 import { CHECK_USAGE, checkCommand } from "./commands/check.ts";
 import { AUTHORIZE_USAGE, authorizeCommand } from "./commands/authorize.ts";
 import { STATUS_USAGE, statusCommand } from "./commands/status.ts";
+import { LAUNCHED_FLAG } from "./launch.ts";
 import { PERMISSIONS_USAGE, permissionsCommand } from "./commands/permissions.ts";
 
 const COMMANDS: Record<string, { usage: string; run: (args: string[]) => Promise<number> }> = {
@@ -25,8 +26,23 @@ const COMMANDS: Record<string, { usage: string; run: (args: string[]) => Promise
 const USAGE = "usage:\n" +
   Object.values(COMMANDS).map((c) => `  main.ts ${c.usage}`).join("\n");
 
+/** Exits (status 1, one line) once the parent process is gone; checked every second. */
+function exitWithParent(): void {
+  const parent = Deno.ppid;
+  const timer = setInterval(() => {
+    if (Deno.ppid === parent) return;
+    console.error("error: the launcher (src/launch.ts) is gone; stopping");
+    Deno.exit(1);
+  }, 1000);
+  Deno.unrefTimer(timer);
+}
+
 /** Runs the CLI; resolves to the process exit status. */
 export async function main(args: string[]): Promise<number> {
+  if (args[0] === LAUNCHED_FLAG) {
+    exitWithParent();
+    args = args.slice(1);
+  }
   if (args[0] === "--help" || args[0] === "-h" || args[0] === "help") {
     console.log(USAGE);
     return 0;
