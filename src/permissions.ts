@@ -120,6 +120,16 @@ export const CHECK_SOURCES: readonly PermissionSource[] = [
   configEnv,
 ];
 
+/**
+ * What a reload (SIGHUP) may need beyond the start: the accounts' hosts. Listeners, the
+ * state directory and the TLS file names wait for a restart anyway.
+ */
+export const RELOAD_SOURCES: readonly PermissionSource[] = [
+  tokenEndpoints,
+  smtpServers,
+  sourceAddresses,
+];
+
 /** Runs the sources and merges their lists: sorted, without duplicates. */
 export function computePermissions(
   input: PermissionInput,

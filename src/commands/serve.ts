@@ -9,6 +9,8 @@ import { startRelay } from "../app.ts";
 import { type LogFormat, setupLogging } from "../log.ts";
 import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
 import { ConfigError, loadConfig, type RelayConfig } from "../config/load.ts";
+import { computePermissions, missingPermissions, RELOAD_SOURCES } from "../permissions.ts";
+import { resolve } from "node:path";
 
 /** Usage line of this command. */
 export const SERVE_USAGE = "[serve] [--config PATH] [--host HOST] [--port N] [--metrics-port N]\n" +
@@ -40,6 +42,21 @@ export function withListenOverrides(c: RelayConfig, o: ListenOverrides): RelayCo
     smtp: { ...c.smtp, host: o.host ?? c.smtp.host, port: o.port ?? c.smtp.port },
     http: { ...c.http, port: o.metricsPort ?? c.http.port },
   };
+}
+
+/**
+ * A reloaded config whose accounts need hosts this process may not reach (a new provider,
+ * a new source address) is refused as a whole, naming the flags: permissions are fixed at
+ * start (`deno task start` derives them from the config then), so it needs a restart.
+ */
+function refuseBeyondPermissions(config: RelayConfig, path: string): void {
+  const input = { config, configPath: resolve(path), envRead: [], cwd: Deno.cwd() };
+  const missing = missingPermissions(computePermissions(input, RELOAD_SOURCES));
+  if (missing.length > 0) {
+    throw new ConfigError([
+      `needs permissions the relay was not started with; restart it to apply: ${missing.join(" ")}`,
+    ]);
+  }
 }
 
 /** Runs the relay; resolves to the exit status. */
@@ -115,6 +132,7 @@ export async function serveCommand(args: string[]): Promise<number> {
         );
         return;
       }
+      refuseBeyondPermissions(next, values.config);
       await relay.reload(withOverrides(next));
       relay.metrics.configReloaded("success");
     } catch (err) {

@@ -190,3 +190,32 @@ Deno.test("a SIGKILLed launcher leaves no relay behind", async () => {
     await sandbox.close();
   }
 });
+
+Deno.test("a reload that needs hosts the relay was started without is refused, naming the flags", async () => {
+  const sandbox = await startSandbox();
+  const [account, other] = makeAccounts(2);
+  sandbox.addAccount(account);
+  const relay = await RelayProcess.start(sandbox, await configText(sandbox, [account]));
+  try {
+    const elsewhere = freePort();
+    // Both accounts on a sandbox SMTP port the relay was not started with.
+    const moved = { tokenUrl: sandbox.tokenUrl, smtpPort: elsewhere } as typeof sandbox;
+    const text = await configText(moved, [account, other]);
+    await relay.writeConfig(text);
+    const from = relay.log.length;
+    relay.kill("SIGHUP");
+    await relay.waitFor("reload failed", 20_000, from);
+    assert.ok(
+      relay.log.slice(from).includes(
+        `needs permissions the relay was not started with; restart it to apply: ` +
+          `--allow-net=localhost:${elsewhere}`,
+      ),
+      relay.log.slice(from),
+    );
+    assert.match(await relay.metrics(), /smtp_relay_config_reloads_total\{result="failure"\} 1/);
+    assert.match(await relayOne(relay.ports.smtp, account), /^250 2\.0\.0 OK/);
+  } finally {
+    await relay.close();
+    await sandbox.close();
+  }
+});
