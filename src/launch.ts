@@ -73,6 +73,7 @@ export async function derivePermissions(
       "permissions",
       "--format",
       "json",
+      "--strict",
       "--command",
       command,
       ...rest,

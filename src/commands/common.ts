@@ -3,7 +3,7 @@
  * "exit 2, one line per problem" contract, and plain-text tables.
  * @module
  */
-import { ConfigError, loadConfig, type RelayConfig } from "../config/load.ts";
+import { ConfigError, loadConfig, type LoadOptions, type RelayConfig } from "../config/load.ts";
 
 /** A command-line mistake: printed as one line, exit status 2. */
 export class UsageError extends Error {}
@@ -25,9 +25,12 @@ export function parsePort(flag: string, value: string | undefined): number | und
  * Loads the config module; on a {@link ConfigError} prints one line per problem to
  * stderr and returns undefined (the caller exits with {@link EXIT_USAGE}).
  */
-export async function loadConfigOrReport(path: string): Promise<RelayConfig | undefined> {
+export async function loadConfigOrReport(
+  path: string,
+  options: LoadOptions = {},
+): Promise<RelayConfig | undefined> {
   try {
-    return await loadConfig(path);
+    return await loadConfig(path, 0, options);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     if (err.problems.length === 1 && err.problems[0].startsWith(`${path}: `)) {

@@ -22,7 +22,8 @@ import { withListenOverrides } from "./serve.ts";
 
 /** Usage line of this command. */
 export const PERMISSIONS_USAGE = "permissions [--command serve|check|status|hash-password]\n" +
-  "        [--format flags|json] [the command's options: --config PATH --host HOST --port N ...]";
+  "        [--format flags|json] [--strict] [the command's options: --config PATH --host HOST\n" +
+  "        --port N --metrics-port N --url URL]  (--strict: unset env() secrets are errors)";
 
 /** The commands whose permissions can be printed. */
 const COMMANDS = ["serve", "check", "status", "hash-password"] as const;
@@ -37,6 +38,7 @@ export async function permissionsCommand(args: string[]): Promise<number> {
     options: {
       command: { type: "string", default: "serve" },
       format: { type: "string", default: "flags" },
+      strict: { type: "boolean", default: false },
       config: { type: "string", default: "./accounts.ts" },
       host: { type: "string" },
       port: { type: "string" },
@@ -59,6 +61,7 @@ export async function permissionsCommand(args: string[]): Promise<number> {
     port: parsePort("port", str(values.port)),
     metricsPort: parsePort("metrics-port", str(values["metrics-port"])),
     url: str(values.url),
+    strict: values.strict === true,
   });
   if (!set) return EXIT_USAGE;
   console.log(format === "json" ? JSON.stringify(set) : permissionFlags(set).join(" "));
@@ -72,6 +75,8 @@ interface Wanted {
   readonly port?: number;
   readonly metricsPort?: number;
   readonly url?: string;
+  /** Unset `env("…")` secrets are errors (the start path: the command would fail anyway). */
+  readonly strict?: boolean;
 }
 
 /** The set for one command; undefined when the config is invalid (reported already). */
@@ -84,7 +89,10 @@ async function permissionsFor(command: string, w: Wanted): Promise<PermissionSet
     }
     return statusPermissions(url);
   }
-  const [loaded, envRead] = await recordEnvReads(() => loadConfigOrReport(w.config));
+  // Secrets need not be set to print the set (a build machine): env("…") may be unset.
+  const [loaded, envRead] = await recordEnvReads(() =>
+    loadConfigOrReport(w.config, { placeholderSecrets: !w.strict })
+  );
   if (!loaded) return undefined;
   const config = withListenOverrides(loaded, w);
   const input = { config, configPath: resolve(w.config), envRead, cwd: Deno.cwd() };

@@ -69,7 +69,11 @@ export class ConfigError extends Error {
  * Imports the config module at `path` and validates its default export. Pass a new
  * `generation` to import the file again (reload).
  */
-export async function loadConfig(path: string, generation = 0): Promise<RelayConfig> {
+export async function loadConfig(
+  path: string,
+  generation = 0,
+  options: LoadOptions = {},
+): Promise<RelayConfig> {
   // A new query string makes a new module: how a reload re-imports the file. (Modules
   // the config imports itself are not re-imported.)
   const absolute = resolve(path);
@@ -87,7 +91,35 @@ export async function loadConfig(path: string, generation = 0): Promise<RelayCon
       `${path}: expected a default export (export default defineConfig({ ... }))`,
     ]);
   }
-  return parseConfig(await mod.default);
+  const exported = await mod.default;
+  return parseConfig(options.placeholderSecrets ? fillUnsetSecrets(exported) : exported);
+}
+
+/** How {@link loadConfig} treats the module. */
+export interface LoadOptions {
+  /**
+   * An `env("NAME")` secret whose variable is unset counts as set (to a placeholder), so
+   * that a config can be checked where its secrets are not (`permissions` on a build
+   * machine). Never for a config that runs.
+   */
+  readonly placeholderSecrets?: boolean;
+}
+
+/** A copy of `value` with each `{ env: NAME }` whose variable is unset replaced by a placeholder. */
+function fillUnsetSecrets(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(fillUnsetSecrets);
+  if (value === null || typeof value !== "object") return value;
+  const entries = Object.entries(value);
+  if (entries.length === 1 && entries[0][0] === "env" && typeof entries[0][1] === "string") {
+    let set = false;
+    try {
+      set = (Deno.env.get(entries[0][1]) ?? "") !== "";
+    } catch {
+      return value; // not readable: validation says so
+    }
+    return set ? value : `(unset ${entries[0][1]})`;
+  }
+  return Object.fromEntries(entries.map(([k, v]) => [k, fillUnsetSecrets(v)]));
 }
 
 /** Validates a config object (the default export of a config module). */

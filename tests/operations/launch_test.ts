@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { fileURLToPath } from "node:url";
 import nodemailer from "nodemailer";
-import { startSandbox } from "../../src/sandbox/mod.ts";
+import { type Sandbox, startSandbox } from "../../src/sandbox/mod.ts";
 import { freePort, makeAccounts, PASSWORD, rawMessage, until } from "../harness.ts";
 import { configText, RelayProcess } from "./relay_process.ts";
 
@@ -122,6 +122,28 @@ Deno.test("the loader may read the config file and RELAY_* only: anything else i
       assert.match(r.stderr, expected);
       assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
     }
+    // An unset env() secret: the set is printed (a build machine has no secrets), the
+    // relay is not started.
+    const sandbox = { tokenUrl: "http://127.0.0.1:1/token", smtpPort: 1 } as Sandbox;
+    const [account] = makeAccounts(1);
+    await Deno.writeTextFile(
+      `${dir}/accounts.ts`,
+      (await configText(sandbox, [account])).replace(
+        "clientSecret: a.clientSecret",
+        'clientSecret: { env: "RELAY_UNSET_SECRET" }',
+      ),
+    );
+    const printed = await run(["run", "--allow-run", LAUNCH, "permissions"], dir);
+    assert.equal(printed.code, 0, printed.stderr);
+    assert.match(printed.stdout, / --allow-env=RELAY_ADMIN_TOKEN,RELAY_UNSET_SECRET\n$/);
+    const start = await run(["run", "--allow-run", LAUNCH], dir);
+    assert.equal(start.code, 2);
+    assert.equal(
+      start.stderr,
+      "./accounts.ts: invalid configuration\n" +
+        "  accounts[0].clientSecret: environment variable RELAY_UNSET_SECRET is not set\n",
+    );
+
     const missing = await run(["run", "--allow-run", LAUNCH, "check"], dir + "/..");
     assert.equal(missing.code, 2);
     assert.match(
