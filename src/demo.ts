@@ -1,17 +1,27 @@
 /**
  * `deno task demo`: the whole loop on this machine. Starts the sandbox provider and a
- * relay for one sandbox account, sends a message through the relay, shows what the
- * provider received and which metrics moved, then keeps serving for swaks.
+ * relay for one sandbox account, with STARTTLS on a throwaway certificate, sends a message
+ * through the relay, shows what the provider received and which metrics moved, then keeps
+ * serving for swaks and prints one line for every message the provider receives.
+ *
+ * `--port`, `--metrics-port`, `--token-port` and `--sandbox-smtp-port` move it off the
+ * fixed ports (2525, 9090, 2580, 2587).
  * @module
  */
+import { resolve } from "node:path";
+import { parseArgs } from "node:util";
 import nodemailer from "nodemailer";
 import { parseConfig } from "./config/load.ts";
 import { SANDBOX_DEFAULTS } from "./config/providers.ts";
 import { DEFAULTS } from "./config/defaults.ts";
 import { startRelay } from "./app.ts";
-import { startSandbox } from "./sandbox/mod.ts";
+import { type ReceivedMessage, startSandbox } from "./sandbox/mod.ts";
+import { SANDBOX_CA_PEM, SANDBOX_CERT_PEM, SANDBOX_KEY_PEM } from "./sandbox/tls.ts";
 import { hashPassword } from "./relay/password.ts";
 import { setupLogging } from "./log.ts";
+import { parsePort } from "./commands/common.ts";
+
+const STATE_DIR = "./.demo-state";
 
 const EMAIL = "demo@sandbox.localhost";
 const PASSWORD = "demo-password";
@@ -27,19 +37,68 @@ async function scrape(port: number): Promise<Map<string, string>> {
   return values;
 }
 
+/** One line about a message the sandbox provider received. */
+export function receivedLine(n: number, m: ReceivedMessage): string {
+  const text = new TextDecoder().decode(m.data);
+  const subject = /^Subject: (.*)$/im.exec(text.split("\r\n\r\n")[0])?.[1] ?? "(none)";
+  return `sandbox received #${n}: from <${m.from}> to <${m.to.join(">, <")}> as ${m.user}, ` +
+    `${m.data.length} bytes, Subject: ${subject}`;
+}
+
+/**
+ * The demo's certificate: the sandbox's test certificate for localhost and 127.0.0.1
+ * (its key is public, in src/sandbox/tls.ts: for this demo on loopback only), written to
+ * `<stateDir>/tls/` with the CA that signed it, for clients to trust.
+ */
+async function writeDemoTls(dir: string) {
+  await Deno.mkdir(`${dir}/tls`, { recursive: true, mode: 0o700 });
+  const files = {
+    certFile: resolve(`${dir}/tls/cert.pem`),
+    keyFile: resolve(`${dir}/tls/key.pem`),
+    caFile: resolve(`${dir}/tls/ca.pem`),
+  };
+  await Deno.writeTextFile(files.certFile, SANDBOX_CERT_PEM);
+  await Deno.writeTextFile(files.keyFile, SANDBOX_KEY_PEM, { mode: 0o600 });
+  await Deno.writeTextFile(files.caFile, SANDBOX_CA_PEM);
+  return files;
+}
+
 if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      port: { type: "string" },
+      "metrics-port": { type: "string" },
+      "token-port": { type: "string" },
+      "sandbox-smtp-port": { type: "string" },
+    },
+  });
+  const ports = {
+    smtp: parsePort("port", values.port) ?? DEFAULTS.smtpPort,
+    http: parsePort("metrics-port", values["metrics-port"]) ?? DEFAULTS.httpPort,
+    token: parsePort("token-port", values["token-port"]) ??
+      Number(new URL(SANDBOX_DEFAULTS.tokenUrl).port),
+    sandboxSmtp: parsePort("sandbox-smtp-port", values["sandbox-smtp-port"]) ??
+      SANDBOX_DEFAULTS.smtpPort,
+  };
   await setupLogging("pretty");
+  let received = 0;
   const sandbox = await startSandbox({
-    tokenPort: Number(new URL(SANDBOX_DEFAULTS.tokenUrl).port),
-    smtpPort: SANDBOX_DEFAULTS.smtpPort,
+    tokenPort: ports.token,
+    smtpPort: ports.sandboxSmtp,
+    onMessage: (m) => console.log(receivedLine(++received, m)),
   });
   const refreshToken = `demo-refresh-${crypto.randomUUID()}`;
   sandbox.addAccount({ email: EMAIL, clientId: "demo-client", refreshToken });
+  const tls = await writeDemoTls(STATE_DIR);
   const relay = await startRelay(parseConfig({
-    stateDir: "./.demo-state",
+    stateDir: STATE_DIR,
+    smtp: { port: ports.smtp },
+    http: { port: ports.http },
+    tls: { certFile: tls.certFile, keyFile: tls.keyFile },
     accounts: [{
       email: EMAIL,
-      provider: "sandbox",
+      provider: { type: "sandbox", tokenUrl: sandbox.tokenUrl, smtpPort: sandbox.smtpPort },
       clientId: "demo-client",
       refreshToken,
       passwordHash: await hashPassword(PASSWORD),
@@ -50,7 +109,8 @@ if (import.meta.main) {
   const client = nodemailer.createTransport({
     host: "127.0.0.1",
     port: relay.smtp.port,
-    ignoreTLS: true,
+    requireTLS: true,
+    tls: { ca: SANDBOX_CA_PEM, servername: "localhost" },
     name: "demo-client.localhost",
     auth: { user: EMAIL, pass: PASSWORD },
   });
@@ -58,7 +118,7 @@ if (import.meta.main) {
     from: EMAIL,
     to: "friend@example.net",
     subject: "Hello through the relay",
-    text: "Sent with AUTH PLAIN to the relay, relayed with XOAUTH2 to the sandbox.\n",
+    text: "Sent over STARTTLS with AUTH PLAIN to the relay, relayed with XOAUTH2 to the sandbox.\n",
   });
   client.close();
   console.log(`\nclient got: ${info.response}`);
@@ -75,12 +135,14 @@ if (import.meta.main) {
     }
   }
   console.log(`
-The relay keeps serving on 127.0.0.1:${relay.smtp.port} (metrics: http://127.0.0.1:${relay.http.port}/metrics).
-Try it with swaks (apt-get install swaks):
+The relay keeps serving on 127.0.0.1:${relay.smtp.port} with STARTTLS (metrics: http://127.0.0.1:${relay.http.port}/metrics).
+Its certificate is the sandbox's test certificate for localhost and 127.0.0.1 (public key pair,
+demo only), signed by the CA in ${tls.caFile}. Try it with swaks (apt-get install swaks),
+verifying the certificate against that CA:
 
-  swaks --server 127.0.0.1:${DEFAULTS.smtpPort} --auth LOGIN --auth-user ${EMAIL} \\
-        --auth-password ${PASSWORD} --from ${EMAIL} --to someone@example.net
+  swaks --server 127.0.0.1:${relay.smtp.port} --tls --tls-verify --tls-ca-path ${tls.caFile} --auth LOGIN --auth-user ${EMAIL} --auth-password ${PASSWORD} --from ${EMAIL} --to someone@example.net
 
+Each message the sandbox provider receives is shown here as a "sandbox received #N" line.
 Ctrl-C stops it.`);
   await new Promise<void>((done) => Deno.addSignalListener("SIGINT", done));
   await relay.close();
