@@ -20,7 +20,7 @@ import { NO_PERMISSIONS, permissionFlags, type PermissionSet } from "./permissio
 const MAIN = fileURLToPath(new URL("./main.ts", import.meta.url));
 
 /** Commands that get their permissions from the config (or the command line, `status`). */
-const DERIVED = new Set(["serve", "check", "status"]);
+const DERIVED = new Set(["serve", "check", "status", "authorize"]);
 /** Commands that need no permission at all. */
 const NONE = new Set(["hash-password", "help"]);
 
@@ -149,11 +149,7 @@ export async function launch(args: readonly string[]): Promise<number> {
     return await runForwarding(compile);
   }
   if (!DERIVED.has(command) && !NONE.has(command)) {
-    // Unknown commands and `authorize` (its own task): main.ts says what is wrong or runs it.
-    if (command === "authorize") {
-      console.error("error: run authorize with its own task: deno task authorize --account EMAIL");
-      return 2;
-    }
+    // Unknown commands: main.ts says what is wrong.
     return await runForwarding(["run", "--no-prompt", MAIN, ...args]);
   }
   const set = await derivePermissions(command, rest);

@@ -68,6 +68,13 @@ export const smtpServers: PermissionSource = ({ config }) => ({
   net: config.accounts.map((a) => netEntry(a.provider.smtpHost, a.provider.smtpPort)),
 });
 
+/** Each account's device authorization endpoint (`authorize`, device code flow). */
+export const deviceEndpoints: PermissionSource = ({ config }) => ({
+  net: config.accounts.flatMap((a) =>
+    a.provider.deviceCodeUrl ? [urlEntry(a.provider.deviceCodeUrl)] : []
+  ),
+});
+
 /** Local addresses accounts send from (`sourceAddress`): binding needs `<ip>:0`. */
 export const sourceAddresses: PermissionSource = ({ config }) => ({
   net: config.accounts.flatMap((a) =>
@@ -129,6 +136,26 @@ export const RELOAD_SOURCES: readonly PermissionSource[] = [
   smtpServers,
   sourceAddresses,
 ];
+
+/**
+ * What `authorize` needs besides its loopback redirect listener (see
+ * {@link authorizeListener}): token and device endpoints, the SMTP login that checks the
+ * new token, the config and the state directory it stores the token in.
+ */
+export const AUTHORIZE_SOURCES: readonly PermissionSource[] = [
+  tokenEndpoints,
+  deviceEndpoints,
+  smtpServers,
+  sourceAddresses,
+  configFile,
+  stateDir,
+  configEnv,
+];
+
+/** The redirect listener of `authorize` on 127.0.0.1 (`--port`; any port by default). */
+export function authorizeListener(port = 0): PermissionSource {
+  return () => ({ net: [netEntry("127.0.0.1", port)] });
+}
 
 /** Runs the sources and merges their lists: sorted, without duplicates. */
 export function computePermissions(

@@ -7,6 +7,8 @@ import assert from "node:assert/strict";
 import { parseConfig } from "../src/config/load.ts";
 import { env } from "../src/config/mod.ts";
 import {
+  AUTHORIZE_SOURCES,
+  authorizeListener,
   CHECK_SOURCES,
   computePermissions,
   netEntry,
@@ -134,4 +136,27 @@ Deno.test("entries: IPv6 in brackets, port 0 is the host alone, URL default port
     env: ["RELAY_ADMIN_TOKEN"],
   });
   assert.deepEqual(permissionFlags({ net: [], read: [], write: [], env: [] }), ["--no-prompt"]);
+});
+
+Deno.test("authorize: token and device endpoints, the SMTP check, its loopback listener", () => {
+  const parsed = parseConfig({
+    stateDir: "./state",
+    accounts: [{
+      email: "c@example.com",
+      provider: { type: "microsoft", tenant: "example.com" },
+      clientId: "c",
+      passwordHash: HASH,
+    }],
+  });
+  const input = { config: parsed, configPath: "/r/accounts.ts", envRead: [], cwd: "/r" };
+  assert.deepEqual(computePermissions(input, [...AUTHORIZE_SOURCES, authorizeListener()]), {
+    net: ["127.0.0.1", "login.microsoftonline.com:443", "smtp.office365.com:587"],
+    read: ["/r/accounts.ts", "/r/state"],
+    write: ["/r/state"],
+    env: [],
+  });
+  assert.deepEqual(
+    computePermissions(input, [authorizeListener(8765)]).net,
+    ["127.0.0.1:8765"],
+  );
 });

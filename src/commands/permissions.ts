@@ -8,6 +8,8 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { DEFAULTS } from "../config/defaults.ts";
 import {
+  AUTHORIZE_SOURCES,
+  authorizeListener,
   CHECK_SOURCES,
   computePermissions,
   NO_PERMISSIONS,
@@ -21,12 +23,13 @@ import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.
 import { withListenOverrides } from "./serve.ts";
 
 /** Usage line of this command. */
-export const PERMISSIONS_USAGE = "permissions [--command serve|check|status|hash-password]\n" +
+export const PERMISSIONS_USAGE =
+  "permissions [--command serve|check|status|authorize|hash-password]\n" +
   "        [--format flags|json] [--strict] [the command's options: --config PATH --host HOST\n" +
   "        --port N --metrics-port N --url URL]  (--strict: unset env() secrets are errors)";
 
 /** The commands whose permissions can be printed. */
-const COMMANDS = ["serve", "check", "status", "hash-password"] as const;
+const COMMANDS = ["serve", "check", "status", "authorize", "hash-password"] as const;
 
 /** Prints the permission set; resolves to the exit status (2 for a bad config). */
 export async function permissionsCommand(args: string[]): Promise<number> {
@@ -44,6 +47,7 @@ export async function permissionsCommand(args: string[]): Promise<number> {
       port: { type: "string" },
       "metrics-port": { type: "string" },
       url: { type: "string" },
+      account: { type: "string" },
     },
   });
   const str = (v: unknown) => typeof v === "string" ? v : undefined;
@@ -61,6 +65,7 @@ export async function permissionsCommand(args: string[]): Promise<number> {
     port: parsePort("port", str(values.port)),
     metricsPort: parsePort("metrics-port", str(values["metrics-port"])),
     url: str(values.url),
+    account: str(values.account),
     strict: values.strict === true,
   });
   if (!set) return EXIT_USAGE;
@@ -75,6 +80,8 @@ interface Wanted {
   readonly port?: number;
   readonly metricsPort?: number;
   readonly url?: string;
+  /** `authorize --account`: that account's hosts only. */
+  readonly account?: string;
   /** Unset `env("…")` secrets are errors (the start path: the command would fail anyway). */
   readonly strict?: boolean;
 }
@@ -96,5 +103,17 @@ async function permissionsFor(command: string, w: Wanted): Promise<PermissionSet
   if (!loaded) return undefined;
   const config = withListenOverrides(loaded, w);
   const input = { config, configPath: resolve(w.config), envRead, cwd: Deno.cwd() };
+  if (command === "authorize") {
+    // Its own port flag is the redirect listener's, not the SMTP listener's.
+    const account = w.account?.toLowerCase();
+    const accounts = config.accounts.filter((a) => a.email.toLowerCase() === account);
+    return computePermissions(
+      {
+        ...input,
+        config: { ...config, accounts: accounts.length > 0 ? accounts : config.accounts },
+      },
+      [...AUTHORIZE_SOURCES, authorizeListener(w.port)],
+    );
+  }
   return computePermissions(input, command === "check" ? CHECK_SOURCES : SERVE_SOURCES);
 }

@@ -1,6 +1,6 @@
 /**
  * `authorize` end to end as a subprocess of the real Deno binary, under least-privilege
- * flags (the `authorize` task's, once deno.json has it), against the sandbox in this
+ * flags (the `authorize` task's: the launcher derives them from the config), against the sandbox in this
  * process: device code and PKCE (the test plays the browser, or pastes the URL on stdin),
  * the stored file, what is printed, and a relay started afterwards delivering.
  */
@@ -18,6 +18,7 @@ import { makeAccounts, PASSWORD, rawMessage, type TestAccount } from "../harness
 
 const ROOT = new URL("../../", import.meta.url);
 const MAIN = fileURLToPath(new URL("src/main.ts", ROOT));
+const LAUNCH = fileURLToPath(new URL("src/launch.ts", ROOT));
 const ENTRY = fileURLToPath(new URL("authorize_entry.ts", import.meta.url));
 const CONFIG_MOD = new URL("src/config/mod.ts", ROOT).href;
 /** The flags proposed for `deno task authorize`, used until deno.json has that task. */
@@ -36,7 +37,7 @@ async function launcher(): Promise<string[]> {
   const words = task.split(/\s+/);
   assert.equal(words[0], "deno");
   assert.ok(!words.some((w) => w === "-A" || w.startsWith("--allow-all")), "no -A");
-  return words.slice(1).map((w) => w === "src/main.ts" ? MAIN : w);
+  return words.slice(1).map((w) => w === "src/main.ts" ? MAIN : w === "src/launch.ts" ? LAUNCH : w);
 }
 
 /** Text of a stream as it arrives, with a way to wait for a pattern. */
