@@ -6,7 +6,13 @@
  * @module
  */
 import { type Sandbox, startSandbox } from "../../src/sandbox/mod.ts";
-import { makeAccounts, metricValue, sandboxConfig, type TestAccount } from "../harness.ts";
+import {
+  makeAccounts,
+  metricValue,
+  PASSWORD,
+  sandboxConfig,
+  type TestAccount,
+} from "../harness.ts";
 import { ClientNetwork } from "./netns.ts";
 
 /** What {@link startRig} may change. */
@@ -257,5 +263,16 @@ export async function inside(
   }
   const out = await child.output();
   const d = new TextDecoder();
-  return { code: out.code, out: d.decode(out.stdout) + d.decode(out.stderr) };
+  return { code: out.code, out: redact(d.decode(out.stdout) + d.decode(out.stderr)) };
+}
+
+/**
+ * A client's transcript without credentials (swaks shows AUTH data in base64), so that no
+ * password reaches test output.
+ */
+export function redact(text: string): string {
+  return text
+    .replace(/^( [-~]> )[A-Za-z0-9+/=]{4,}$/gm, "$1[redacted]")
+    .replace(/(AUTH (PLAIN|LOGIN) )\S+/g, "$1[redacted]")
+    .replaceAll(PASSWORD, "[password]");
 }
