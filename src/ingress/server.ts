@@ -637,7 +637,8 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           // The client went away mid-message: smtp-server destroyed the stream.
           if ((err as { code?: string }).code === "ECONNECTION") {
             logCutOff(c, (stream as SMTPServerDataStream).byteLength ?? 0);
-          } else o.onError?.(err);
+          }
+          o.onError?.(err);
           callback(refuse(c, "local_error", LOCAL_ERROR));
         });
       },
