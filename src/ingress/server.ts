@@ -386,6 +386,8 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
 
   /** The relay's hooks on a new connection, before smtp-server greets it. */
   const prepare = (c: Client) => {
+    // For refusals before onConnect (an early talker); onConnect sets it again (PROXY).
+    c.ip = unmapped(c.connection.remoteAddress ?? "");
     watchCommands(c.connection, (name, argument) => {
       c.command = name;
       c.argument = argument;

@@ -58,6 +58,24 @@ Deno.test("cleartext: EHLO offers no AUTH to a non-loopback client; AUTH gets 53
       ]);
     });
 
+    await t.step("a client that talks before the greeting", async () => {
+      const r = await inside(rig, Deno.execPath(), [
+        "run",
+        `--allow-net=${host}`,
+        DIALOGUE,
+        host,
+        String(rig.port),
+        "--early",
+        "EHLO client.test",
+      ]);
+      assert.equal(r.out.trim(), "421 4.7.0 relay.test You talk too soon");
+      const metric = 'smtp_relay_ingress_refusals_total{reason="early_talker"}';
+      assert.equal(await rig.metric(metric), 1);
+      const line = rig.refusals().find((l) => l.reason === "early_talker");
+      assert.equal(line?.ip, rig.net.clientAddress);
+      assert.equal(line?.command, "connection");
+    });
+
     await t.step("swaks --auth without --tls stops before AUTH", async () => {
       const before = authCommands(rig);
       const r = await inside(rig, "swaks", [

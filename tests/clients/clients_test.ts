@@ -163,6 +163,26 @@ Deno.test("a printer or scanner on a trusted network sends without AUTH and with
     assert.match(got, /^Subject: Scan 0001\r$/m);
     assert.equal(rig.sandbox.received[before].from, from);
 
+    // A client on a trusted network may also log in without TLS (AUTH is offered there).
+    const before2 = rig.sandbox.received.length;
+    const r3 = await inside(rig, "swaks", [
+      "--server",
+      `${rig.net.hostAddress}:${rig.port}`,
+      "--auth",
+      "LOGIN",
+      "--auth-user",
+      from,
+      "--auth-password",
+      PASSWORD,
+      "--from",
+      from,
+      "--to",
+      "office@example.net",
+    ]);
+    assert.equal(r3.code, 0, r3.out);
+    assert.match(r3.out, /<- {2}235 /);
+    await received(rig, before2);
+
     // Another sender on the same network names no account: refused, counted, logged.
     const r2 = await inside(rig, "swaks", [
       "--server",

@@ -2,10 +2,13 @@
  * A raw SMTP client for use inside a network namespace (`ip netns exec … deno run`):
  * connects to `host:port`, sends each further argument as one command line after the
  * previous reply, and prints every reply line (the greeting first) on stdout. Stops at a
- * reply that closes the session or when the commands run out.
+ * reply that closes the session or when the commands run out. With `--early` before the
+ * commands, the first command goes out at once, before the greeting (an early talker).
  * @module
  */
-const [host, port, ...commands] = Deno.args;
+const [host, port, ...rest] = Deno.args;
+const early = rest[0] === "--early";
+const commands = early ? rest.slice(1) : rest;
 const conn = await Deno.connect({ hostname: host, port: Number(port) });
 const decoder = new TextDecoder();
 let buffer = "";
@@ -30,6 +33,7 @@ async function reply(): Promise<string[] | undefined> {
 }
 
 const encoder = new TextEncoder();
+if (early) await conn.write(encoder.encode(`${commands.shift()}\r\n`));
 let r = await reply();
 for (const command of ["", ...commands]) {
   if (command) {

@@ -13,7 +13,8 @@ import type { LogRecord } from "@logtape/logtape";
 import { type Harness, metricValue, PASSWORD, startHarness } from "../harness.ts";
 import { plain, RawSmtp } from "../smtp_client.ts";
 import { CapturedLogs } from "../tokens/helpers.ts";
-import { SourceClient } from "./fake_backend.ts";
+import { SourceClient, withIngress } from "./fake_backend.ts";
+import { reply } from "../../src/smtp/reply.ts";
 import { REFUSAL_REASONS } from "../../src/ingress/replies.ts";
 
 const DOC = new URL("../../docs/replies.md", import.meta.url);
@@ -284,9 +285,9 @@ const HARNESS_LIMITS = {
 Deno.test("docs/replies.md: every row is what clients get, counted under its reason and logged once at info", async () => {
   const doc = rows(await Deno.readTextFile(DOC));
   assert.ok(doc.length > 40, `only ${doc.length} rows read`);
-  // Reasons: the table's and the code's are the same set (besides the four in the prose).
+  // Reasons: the table's and the code's are the same set (besides the two in the prose).
   const documented = new Set(doc.filter((r) => r.reason).map((r) => r.reason!));
-  const prose = ["early_talker", "local_error", "other", "recipient"];
+  const prose = ["other", "recipient"];
   assert.deepEqual(
     [...documented, ...prose].sort(),
     [...REFUSAL_REASONS].sort(),
@@ -298,8 +299,10 @@ Deno.test("docs/replies.md: every row is what clients get, counted under its rea
     } else {
       // Another test asserts this reply: its file must contain the reply's fixed text.
       const text = await Deno.readTextFile(new URL(r.testedIn, ROOT));
-      const fixed = /^\d{3} [245]\.\d+\.\d+ ([^…]*?)(…|\bN\b|$)/.exec(r.literal ?? "")?.[1]
-        .trim().slice(0, 30);
+      // Its longest fixed piece of text (after the codes, between placeholders).
+      const fixed = (r.literal ?? "").replace(/^\d{3} [245]\.\d+\.\d+ /, "")
+        .split(/…|\bN\b/).map((p) => p.trim()).sort((a, b) => b.length - a.length)[0]
+        ?.slice(0, 30);
       assert.ok(fixed, `${r.situation}: no fixed text in ${r.literal}`);
       const escaped = fixed.replace(/[.()]/g, "\\$&");
       assert.ok(
@@ -465,4 +468,26 @@ Deno.test("what reaches the provider: bare LF and bare CR become CRLF, every oth
   } finally {
     await h.close();
   }
+});
+
+Deno.test("reasons the relay gives only on a backend's word: recipient and local_error, against a fake backend", async () => {
+  await withIngress(async (ingress, backend, observer) => {
+    const port = ingress.addresses[0].port;
+    const { client: c } = await SourceClient.connect(port, "127.0.0.2");
+    try {
+      await c.command("EHLO client.test");
+      assert.equal((await c.command(`AUTH PLAIN ${plain("a@example.com", "pw")}`)).code, 235);
+      assert.equal((await c.command("MAIL FROM:<a@example.com>")).code, 250);
+      backend.script.rcpt = reply(550, "5.1.1", "No such user here");
+      assert.equal((await c.command(RCPT)).last, "550 5.1.1 No such user here");
+      assert.equal(observer.count("recipient"), 1);
+      backend.script.rcpt = "throw";
+      const r = await c.command(RCPT);
+      assert.equal(r.last, "451 4.3.0 Local error in processing, try again later");
+      assert.equal(observer.count("local_error"), 1);
+      assert.deepEqual(observer.refusals, ["recipient", "local_error"]);
+    } finally {
+      c.close();
+    }
+  });
 });
