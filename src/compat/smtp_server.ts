@@ -166,25 +166,6 @@ export function watchReplies(
 }
 
 /**
- * Gives smtp-server's own 421 replies an enhanced status code (RFC 3463): it sends some
- * without one (`421 Timeout - closing connection`, `421 Error: Command line too long`,
- * `421 Error: too many unauthenticated commands`, `421 <name> You talk too soon`). A
- * timeout gets 4.4.2, shutting down 4.3.2, anything else 4.7.0. Replies that have a code
- * already pass unchanged.
- */
-export function enhance421(connection: Connection): void {
-  watchReplies(connection, ({ code, text }) => {
-    if (code !== 421 || typeof text !== "string" || ENHANCED.test(text)) return undefined;
-    return { code, text: `${enhanced421(text)} ${text}` };
-  });
-}
-
-/** The enhanced code of one of smtp-server's bare 421 texts (see {@link enhance421}). */
-export function enhanced421(text: string): string {
-  return /timeout/i.test(text) ? "4.4.2" : /shutting down/i.test(text) ? "4.3.2" : "4.7.0";
-}
-
-/**
  * Runs `refuse` when the client sends AUTH (the command itself, before smtp-server asks
  * for any credential with a 334): a reply it returns is sent instead of starting the
  * exchange. RFC 4954 section 4: a server that will not accept the mechanism without TLS
@@ -227,8 +208,6 @@ export function watchCommands(
     return handle.call(this, command, callback);
   };
 }
-
-const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
 
 /** Closes the connection's socket at once, without a reply. */
 export function destroySocket(connection: Connection): void {
