@@ -9,6 +9,7 @@ import type { MessageResult, RelayObserver, ReportResult } from "./relay/relay.t
 import type { QuotaKind } from "./quota/quota.ts";
 import type { UpstreamObserver } from "./upstream/pool.ts";
 import type { RefreshOutcome, TokenHealth, TokenState } from "./tokens/manager.ts";
+import { REFUSAL_REASONS } from "./ingress/replies.ts";
 
 /** Message duration buckets, seconds: from a loopback hop to a slow provider. */
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -204,21 +205,7 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
       this.#quota.inc({ kind: k }, 0);
     }
     // The ingress's refusal reasons (see IngressObserver.refused).
-    const refusals = [
-      "auth",
-      "auth_plaintext",
-      "auth_throttled",
-      "auth_account_locked",
-      "unauthenticated",
-      "sender",
-      "recipient_syntax",
-      "recipients",
-      "size",
-      "clients",
-      "per_ip",
-      "idle_shed",
-      "session_timeout",
-    ];
+    const refusals = REFUSAL_REASONS;
     for (const reason of refusals) this.#ingressRefusals.inc({ reason }, 0);
     for (const r of ["success", "failure"]) this.#refreshes.inc({ result: r }, 0);
     for (const r of ["success", "failure", "timeout"]) this.#reloads.inc({ result: r }, 0);

@@ -25,13 +25,23 @@ interface ConnectionInternals {
   close: () => void;
   _resetSession: () => void;
   handler_QUIT: (command: unknown, callback: () => void) => void;
+  handler_AUTH: (command: unknown, callback: () => void) => void;
+  _onCommand: (command: unknown, callback?: () => void) => void;
   _closing: boolean;
   _socket: Socket;
   _nextHandler: false | ((line: unknown, done: () => void) => void);
   session: SMTPServerSession;
 }
 
-const METHODS = ["connectionReady", "send", "close", "_resetSession", "handler_QUIT"] as const;
+const METHODS = [
+  "connectionReady",
+  "send",
+  "close",
+  "_resetSession",
+  "handler_QUIT",
+  "handler_AUTH",
+  "_onCommand",
+] as const;
 
 /**
  * Checks that the internals used here exist in the loaded smtp-server: inspects
@@ -118,29 +128,86 @@ export function sendReply(connection: Connection, code: number, text: string): v
 }
 
 /**
- * Gives smtp-server's own 421 replies an enhanced status code (RFC 3463): it sends some
- * without one (`421 Timeout - closing connection`, `421 Error: Command line too long`,
- * `421 Error: too many unauthenticated commands`, `421 <name> You talk too soon`). A
- * timeout gets 4.4.2, shutting down 4.3.2, anything else 4.7.0. Replies that have a code
- * already pass unchanged.
+ * One reply as smtp-server is about to write it: its code, its text (one line, or the
+ * lines of a multi-line reply such as EHLO's) and smtp-server's own context tag
+ * (`MESSAGE_TOO_BIG`, `MAILBOX_SYNTAX_ERROR`, a command name, … or undefined).
  */
-export function enhance421(connection: Connection): void {
+export interface OutgoingReply {
+  /** Reply code. */
+  readonly code: number;
+  /** The text after the code (for a multi-line reply, its lines). */
+  readonly text: string | readonly string[];
+  /** smtp-server's context argument of `send` (a string tag), if any. */
+  readonly context?: string;
+}
+
+/**
+ * Passes every reply of the connection through `rewrite` before smtp-server writes it: the
+ * relay's own replies (callback errors, {@link sendReply}) and smtp-server's (syntax
+ * errors, timeouts, EHLO). `rewrite` returns the reply to send instead (code and text),
+ * or undefined to send it unchanged. One place that sees every reply: for enhanced
+ * codes, logging and counting. smtp-server's enhanced-code option stays off, so the text
+ * returned is written as it is (`code text`).
+ */
+export function watchReplies(
+  connection: Connection,
+  rewrite: (reply: OutgoingReply) => { code: number; text: string | string[] } | undefined,
+): void {
   const c = connection as unknown as ConnectionInternals;
   const send = c.send;
-  c.send = function (this: unknown, code: number, data?: string, ...rest: unknown[]) {
-    if (code === 421 && typeof data === "string" && !ENHANCED.test(data)) {
-      const enhanced = /timeout/i.test(data)
-        ? "4.4.2"
-        : /shutting down/i.test(data)
-        ? "4.3.2"
-        : "4.7.0";
-      data = `${enhanced} ${data}`;
+  c.send = function (this: unknown, code: number, data?: unknown, context?: unknown) {
+    const text = Array.isArray(data) ? data.map(String) : data == null ? "" : String(data);
+    const out = rewrite({ code, text, context: typeof context === "string" ? context : undefined });
+    if (out) {
+      return (send as (...a: unknown[]) => void).call(this, out.code, out.text, false);
     }
-    return (send as (...a: unknown[]) => void).call(this, code, data, ...rest);
+    return (send as (...a: unknown[]) => void).call(this, code, data, context);
   };
 }
 
-const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
+/**
+ * Runs `refuse` when the client sends AUTH (the command itself, before smtp-server asks
+ * for any credential with a 334): a reply it returns is sent instead of starting the
+ * exchange. RFC 4954 section 4: a server that will not accept the mechanism without TLS
+ * refuses the command, so no password is ever sent in clear.
+ */
+export function guardAuth(
+  connection: Connection,
+  refuse: () => { code: number; text: string } | undefined,
+): void {
+  const c = connection as unknown as ConnectionInternals;
+  const auth = c.handler_AUTH;
+  c.handler_AUTH = function (this: unknown, command: unknown, callback: () => void) {
+    const refusal = refuse();
+    if (!refusal) return auth.call(this, command, callback);
+    c.send(refusal.code, refusal.text);
+    callback();
+  };
+}
+
+/**
+ * Calls `onCommand` with each command's name (upper case) and, for MAIL and RCPT only,
+ * the rest of the line, before smtp-server handles it. A line that continues an AUTH
+ * exchange (a base64 credential) is reported as `AUTH` with no text: credentials never
+ * reach the callback.
+ */
+export function watchCommands(
+  connection: Connection,
+  onCommand: (name: string, argument: string) => void,
+): void {
+  const c = connection as unknown as ConnectionInternals;
+  const handle = c._onCommand;
+  c._onCommand = function (this: unknown, command: unknown, callback?: () => void) {
+    if (c._nextHandler) onCommand("AUTH", "");
+    else {
+      const line = String(command ?? "");
+      const name = line.split(" ", 1)[0].toUpperCase();
+      const argument = name === "MAIL" || name === "RCPT" ? line.slice(name.length + 1) : "";
+      onCommand(name, argument);
+    }
+    return handle.call(this, command, callback);
+  };
+}
 
 /** Closes the connection's socket at once, without a reply. */
 export function destroySocket(connection: Connection): void {

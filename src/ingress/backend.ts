@@ -60,9 +60,9 @@ export interface IngressObserver {
   /** A client went away. */
   sessionClosed(): void;
   /**
-   * The ingress itself refused something. `reason`: auth, auth_plaintext, auth_throttled,
-   * auth_account_locked, unauthenticated, sender, recipient_syntax, recipients, size, clients,
-   * per_ip, session_timeout, idle_shed.
+   * The listener sent a refusal (any 4xx/5xx reply except the backend's answer to a
+   * message, which the backend counts itself). `reason`: one of `REFUSAL_REASONS` in
+   * `replies.ts` (auth, auth_plaintext, sender, recipient_syntax, size, syntax, …).
    */
   refused(reason: string): void;
 }

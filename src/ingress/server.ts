@@ -16,6 +16,7 @@ import type { Backend, IngressObserver, Session } from "./backend.ts";
 import { isLoopback, NetworkList, unmapped } from "./network.ts";
 import { AuthThrottle, ConnectionLimiter, type LimitOptions } from "./limits.ts";
 import { recipientProblem } from "./address.ts";
+import { classifyRefusal, type ReplyReason } from "./replies.ts";
 import { DEFAULTS } from "../config/defaults.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
 import {
@@ -24,10 +25,13 @@ import {
   captureNew,
   coalesceWrites,
   type Connection,
-  enhance421,
+  guardAuth,
   onTransactionReset,
+  type OutgoingReply,
   sendReply,
   skipGreetingPause,
+  watchCommands,
+  watchReplies,
 } from "../compat/smtp_server.ts";
 
 /** One listening socket. */
@@ -129,13 +133,25 @@ class Client {
   busy = false;
   /** While busy: the message is still arriving (not yet handed to the backend). */
   arriving?: SMTPServerDataStream;
+  /** The command being answered (upper case) and, for MAIL and RCPT, its argument. */
+  command = "";
+  argument = "";
+  /** Why the next refusal is sent, when the relay itself refuses (see {@link refuse}). */
+  pending?: ReplyReason;
+  /** The configured account the last AUTH named (only a configured one), for logs. */
+  authAccount?: string;
+  /** The client sent QUIT, or the relay sent a 421: the end is no aborted transaction. */
+  ending = false;
+  /** The client vanished mid-DATA (logged once): later replies are not refusals. */
+  gone = false;
 
   constructor(connection: Connection) {
     this.connection = connection;
   }
 
-  /** Sends a reply (a 421 also closes the connection). */
-  send(code: number, text: string): void {
+  /** Sends a reply (a 421 also closes the connection), counted and logged as `reason`. */
+  send(code: number, text: string, reason?: ReplyReason): void {
+    this.pending = reason;
     sendReply(this.connection, code, text);
   }
 }
@@ -164,6 +180,15 @@ function smtpError(r: Reply): Error & { responseCode: number } {
   return Object.assign(new Error(`${r.enhanced} ${r.text}`), { responseCode: r.code });
 }
 
+/**
+ * The error for a refusal the relay decides: `reason` is what the reply is counted and
+ * logged as when it goes out (which happens within the callback it is passed to).
+ */
+function refuse(c: Client, reason: ReplyReason, r: Reply): Error & { responseCode: number } {
+  c.pending = reason;
+  return smtpError(r);
+}
+
 /** The client of a session; every callback after onConnect has one. */
 function clientOf(session: SMTPServerSession): Client {
   return attached<Client>(session)!;
@@ -178,10 +203,16 @@ function clientOf(session: SMTPServerSession): Client {
  */
 class Listener extends SMTPServer {
   readonly #fast: (address: string) => boolean;
+  readonly #prepare: (client: Client) => void;
 
-  constructor(options: SMTPServerOptions, fast: (address: string) => boolean) {
+  constructor(
+    options: SMTPServerOptions,
+    fast: (address: string) => boolean,
+    prepare: (client: Client) => void,
+  ) {
     super(options);
     this.#fast = fast;
+    this.#prepare = prepare;
   }
 
   override connect(socket: Socket, socketOptions?: Parameters<SMTPServer["connect"]>[1]): void {
@@ -198,7 +229,7 @@ class Listener extends SMTPServer {
       if (client.authenticated && !connection.session.user) client.authenticated = false;
       client.session?.reset();
     });
-    enhance421(connection);
+    this.#prepare(client);
     if (this.#fast(connection.remoteAddress)) skipGreetingPause(connection);
   }
 }
@@ -247,7 +278,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       );
     }
     c.busy = false;
-    c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN));
+    c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN), "shutdown");
   };
 
   /** Says that AUTH as `username` is locked; names it only if it is a configured account. */
@@ -262,6 +293,112 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         props,
       );
     } else log.warn(`AUTH as one username (not logged) locked for {seconds} s: ${why}`, props);
+  };
+
+  /**
+   * AUTH from this client would carry credentials in clear: no TLS yet, not loopback, not
+   * on a trusted network, and `allowPlaintextAuth` is off. EHLO then offers no AUTH and
+   * the AUTH command itself is refused (538 5.7.11) before any 334 prompt.
+   */
+  const needsTls = (c: Client): boolean =>
+    !c.connection.session.secure && !o.allowPlaintextAuth && !c.trusted && !isLoopback(c.ip);
+
+  /** One info line per refusal: the client, the account if known, the command, the reply. */
+  const logRefusal = (c: Client, code: number, text: string, reason: ReplyReason) => {
+    const connectionLevel = !c.command || CONNECTION_REASONS.has(reason);
+    const command = connectionLevel ? "connection" : c.command;
+    const address = !connectionLevel && c.argument ? addressOf(c.argument) : "";
+    const user = c.connection.session.user;
+    const account = typeof user === "string" ? user : c.authAccount ?? "";
+    const props = { ip: c.ip, account, command, address, reply: `${code} ${text}`, reason };
+    const what = address ? "{command} {address}" : "{command}";
+    const who = account ? "{ip} as {account}" : "{ip}";
+    log.info(`refused ${what} from ${who}: {reply}`, props);
+  };
+
+  /** Every reply of every session passes here before it is written (see watchReplies). */
+  const onReply = (c: Client, r: OutgoingReply) => {
+    if (typeof r.text !== "string") {
+      // EHLO's features: no AUTH where the AUTH command would be refused for want of TLS.
+      if (r.code === 250 && needsTls(c)) {
+        return { code: r.code, text: r.text.filter((line) => !/^AUTH\b/i.test(line)) };
+      }
+      return undefined;
+    }
+    if (r.code < 400) {
+      c.pending = undefined;
+      return undefined;
+    }
+    const refusal = classifyRefusal({ ...r, text: r.text }, c.command, c.argument, c.pending);
+    c.pending = undefined;
+    if (refusal.code === 421) c.ending = true;
+    // A reply to a client that is gone already (its message cut off) is not a refusal.
+    if (c.gone) return undefined;
+    if (refusal.reason !== "message") observer?.refused(refusal.reason);
+    logRefusal(c, refusal.code, refusal.text, refusal.reason);
+    if (refusal.code === r.code && refusal.text === r.text) return undefined;
+    return { code: refusal.code, text: refusal.text };
+  };
+
+  /** The client left without QUIT in the middle of a transaction: one info line. */
+  const logAborted = (c: Client) => {
+    if (c.ending || c.gone) return;
+    const session = c.connection.session;
+    const user = session.user;
+    const props = {
+      ip: c.ip,
+      account: typeof user === "string" ? user : "",
+      from: session.envelope?.mailFrom ? session.envelope.mailFrom.address : "",
+      recipients: session.envelope?.rcptTo?.length ?? 0,
+      command: c.command,
+    };
+    if (c.busy) {
+      log.info(
+        "client {ip} ({account} <{from}>) left before the reply to its message: " +
+          "the relay still finishes it and logs its outcome",
+        props,
+      );
+    } else if (session.envelope?.mailFrom) {
+      log.info(
+        "client {ip} ({account} <{from}>) left after {command} with {recipients} recipients " +
+          "and no message: transaction aborted",
+        props,
+      );
+    }
+  };
+
+  /** The client vanished while its message was arriving: not delivered, one info line. */
+  const logCutOff = (c: Client, bytes: number) => {
+    c.gone = true;
+    const session = c.connection.session;
+    const user = session.user;
+    log.info(
+      "client {ip} ({account} <{from}>) left during DATA after {bytes} bytes: " +
+        "transaction aborted, message not delivered",
+      {
+        ip: c.ip,
+        account: typeof user === "string" ? user : "",
+        from: session.envelope?.mailFrom ? session.envelope.mailFrom.address : "",
+        bytes,
+      },
+    );
+  };
+
+  /** The relay's hooks on a new connection, before smtp-server greets it. */
+  const prepare = (c: Client) => {
+    // For refusals before onConnect (an early talker); onConnect sets it again (PROXY).
+    c.ip = unmapped(c.connection.remoteAddress ?? "");
+    watchCommands(c.connection, (name, argument) => {
+      c.command = name;
+      c.argument = argument;
+      if (name === "QUIT") c.ending = true;
+    });
+    guardAuth(c.connection, () => {
+      if (!needsTls(c)) return undefined;
+      c.pending = "auth_plaintext";
+      return { code: NEEDS_TLS.code, text: formatText(NEEDS_TLS) };
+    });
+    watchReplies(c.connection, (r) => onReply(c, r));
   };
 
   /** Forgets an admitted client (once): its capacity is free from now on. */
@@ -290,12 +427,11 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       if (!idlest || c.lastActive < idlest.lastActive) idlest = c;
     }
     if (!idlest || performance.now() - idlest.lastActive < minIdleMs) return false;
-    observer?.refused("idle_shed");
     log.debug("closed an idle session from {ip} that had not logged in: {open} sessions open", {
       ip: idlest.ip,
       open: limiter.total,
     });
-    idlest.send(421, IDLE_SHED);
+    idlest.send(421, IDLE_SHED, "idle_shed");
     release(idlest);
     return true;
   };
@@ -328,7 +464,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         c.ip = unmapped(session.remoteAddress);
         c.trusted = trusted.has(c.ip);
         c.exempt = c.trusted || authExempt.has(c.ip);
-        if (draining) return callback(smtpError(SHUTTING_DOWN));
+        if (draining) return callback(refuse(c, "shutdown", SHUTTING_DOWN));
         // Under pressure, idle sessions that have not logged in make room for new clients:
         // from `idleShedPercent` one idle `idleShedSeconds`, at the cap the idlest one.
         const open = limiter.total;
@@ -339,44 +475,45 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           shed(shedIdleMs);
         }
         if (admitted !== "ok") {
-          observer?.refused(admitted === "ip" ? "per_ip" : "clients");
           const why = admitted === "ip" ? "from your address" : "";
-          return callback(smtpError(reply(421, "4.7.0", `Too many connections ${why}`.trim())));
+          const r = reply(421, "4.7.0", `Too many connections ${why}`.trim());
+          return callback(refuse(c, admitted === "ip" ? "per_ip" : "clients", r));
         }
         try {
           c.session = o.backend.newSession({ address: c.ip, trusted: c.trusted });
         } catch (err) {
           limiter.release(c.ip);
           o.onError?.(err);
-          return callback(smtpError(reply(421, "4.3.0", "Local error in processing, try later")));
+          const r = reply(421, "4.3.0", "Local error in processing, try later");
+          return callback(refuse(c, "local_error", r));
         }
         clients.add(c);
         observer?.sessionOpened();
-        c.timer = setTimeout(() => {
-          observer?.refused("session_timeout");
-          c.send(421, SESSION_LIMIT);
-        }, o.limits.sessionTimeoutMs);
+        c.timer = setTimeout(
+          () => c.send(421, SESSION_LIMIT, "session_timeout"),
+          o.limits.sessionTimeoutMs,
+        );
         callback();
       },
 
       onClose(session) {
         const c = attached<Client>(session);
-        if (c) release(c);
+        if (!c) return;
+        logAborted(c);
+        release(c);
       },
 
       onAuth(auth, session, callback) {
         const c = clientOf(session);
-        if (!session.secure && !o.allowPlaintextAuth && !isLoopback(c.ip)) {
-          observer?.refused("auth_plaintext");
-          return callback(smtpError(NEEDS_TLS));
-        }
+        // Refused at the AUTH command already (guardAuth); this is the backstop.
+        if (needsTls(c)) return callback(refuse(c, "auth_plaintext", NEEDS_TLS));
         const username = (auth.username ?? "").trim().toLowerCase();
+        c.authAccount = o.accountName?.(username);
         // Trusted networks and `authFailureExempt` are not cut off (one broken local app must
         // not lock out the others); their failures are still tarpitted per account.
         if (!c.exempt && throttle.blocked(c.ip)) {
-          observer?.refused("auth_throttled");
           log.warn("too many failed authentications from {ip}: disconnected", { ip: c.ip });
-          callback(smtpError(THROTTLED)); // 421: smtp-server closes the session
+          callback(refuse(c, "auth_throttled", THROTTLED)); // 421: smtp-server closes the session
           return;
         }
         c.authenticating = true;
@@ -387,8 +524,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         turn.then((decision) => {
           if (decision === "locked") {
             c.authenticating = false;
-            observer?.refused("auth_account_locked");
-            return callback(smtpError(ACCOUNT_LOCKED));
+            return callback(refuse(c, "auth_account_locked", ACCOUNT_LOCKED));
           }
           const done = () => {
             c.authenticating = false;
@@ -403,18 +539,18 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
               c.authenticated = true;
               return callback(null, { user: username });
             }
-            observer?.refused("auth");
             // Tarpit: the failure reply waits, a correct login never does.
             const failure = throttle.failed(c.ip, username, c.exempt);
             done();
             if (failure.locked) logLock(username, failure.strikes, c.ip);
             const delayMs = failure.delayMs;
-            if (delayMs > 0) setTimeout(() => callback(smtpError(AUTH_FAILED)), delayMs);
-            else callback(smtpError(AUTH_FAILED));
+            if (delayMs > 0) setTimeout(() => callback(refuse(c, "auth", AUTH_FAILED)), delayMs);
+            else callback(refuse(c, "auth", AUTH_FAILED));
           }, (err) => {
             done();
             o.onError?.(err);
-            callback(smtpError(reply(454, "4.7.0", "Temporary authentication failure")));
+            const r = reply(454, "4.7.0", "Temporary authentication failure");
+            callback(refuse(c, "local_error", r));
           });
         });
       },
@@ -422,19 +558,18 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       onMailFrom(address, session, callback) {
         const c = clientOf(session);
         if (!c.authenticated && !c.trusted) {
-          observer?.refused("unauthenticated");
           if (++c.unauthenticatedRefusals >= o.limits.maxUnauthenticatedCommands) {
-            return callback(smtpError(reply(421, "4.7.0", "Too many unauthenticated commands")));
+            const r = reply(421, "4.7.0", "Too many unauthenticated commands");
+            return callback(refuse(c, "unauthenticated", r));
           }
-          return callback(smtpError(AUTH_REQUIRED));
+          return callback(refuse(c, "unauthenticated", AUTH_REQUIRED));
         }
         c.session!.mail(address.address ?? "", c.authenticated).then((refused) => {
           if (!refused) return callback();
-          observer?.refused("sender");
-          callback(smtpError(refused));
+          callback(refuse(c, "sender", refused));
         }, (err) => {
           o.onError?.(err);
-          callback(smtpError(LOCAL_ERROR));
+          callback(refuse(c, "local_error", LOCAL_ERROR));
         });
       },
 
@@ -447,21 +582,18 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         }
         const problem = recipientProblem(address.address);
         if (problem) {
-          observer?.refused("recipient_syntax");
-          return callback(smtpError(reply(550, "5.1.3", problem)));
+          return callback(refuse(c, "recipient_syntax", reply(550, "5.1.3", problem)));
         }
         if (session.envelope.rcptTo.length >= o.maxRecipients) {
-          observer?.refused("recipients");
-          return callback(
-            smtpError(reply(452, "4.5.3", `Too many recipients (at most ${o.maxRecipients})`)),
-          );
+          const r = reply(452, "4.5.3", `Too many recipients (at most ${o.maxRecipients})`);
+          return callback(refuse(c, "recipients", r));
         }
         c.session!.rcpt(address.address).then((refused) => {
           if (!refused) return callback();
-          callback(smtpError(refused));
+          callback(refuse(c, "recipient", refused));
         }, (err) => {
           o.onError?.(err);
-          callback(smtpError(LOCAL_ERROR));
+          callback(refuse(c, "local_error", LOCAL_ERROR));
         });
       },
 
@@ -483,31 +615,38 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           // accepted and sent, and that message would be delivered after a 421.
           const closed = (err as { responseCode?: number } | null)?.responseCode === 421;
           if (draining && !c.busy && !closed) {
-            c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN));
+            c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN), "shutdown");
           }
         };
         collect(stream).then((message) => {
           c.arriving = undefined;
           if ((stream as SMTPServerDataStream).sizeExceeded) {
-            observer?.refused("size");
-            return callback(smtpError(reply(
-              552,
-              "5.3.4",
-              `Message exceeds fixed maximum message size of ${o.maxMessageSize} bytes`,
-            )));
+            return callback(refuse(
+              c,
+              "size",
+              reply(
+                552,
+                "5.3.4",
+                `Message exceeds fixed maximum message size of ${o.maxMessageSize} bytes`,
+              ),
+            ));
           }
           return c.session!.data(message).then((r) => {
             if (isPositive(r)) callback(null, formatText(r));
-            else callback(smtpError(r));
+            else callback(refuse(c, "message", r));
           });
         }).catch((err) => {
+          // The client went away mid-message: smtp-server destroyed the stream.
+          if ((err as { code?: string }).code === "ECONNECTION") {
+            logCutOff(c, (stream as SMTPServerDataStream).byteLength ?? 0);
+          }
           o.onError?.(err);
-          callback(smtpError(LOCAL_ERROR));
+          callback(refuse(c, "local_error", LOCAL_ERROR));
         });
       },
     };
     const fast = (address: string) => isLoopback(address) || trusted.has(address);
-    const server = new Listener(options, fast);
+    const server = new Listener(options, fast, prepare);
     // A failed TLS handshake or a reset socket must not take the process down.
     server.on("error", (err) => o.onError?.(err));
     servers.push(server);
@@ -545,7 +684,9 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       draining = true;
       const done = new Promise<void>((ok) => drained = ok);
       for (const server of servers) server.server.close();
-      for (const c of clients) if (!c.busy) c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN));
+      for (const c of clients) {
+        if (!c.busy) c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN), "shutdown");
+      }
       checkDrained();
       let timer: ReturnType<typeof setTimeout> | undefined;
       const deadline = new Promise<"deadline">((ok) =>
@@ -564,6 +705,26 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
     },
     close: () => Promise.all(servers.map((s) => closeServer(s))).then(() => {}),
   };
+}
+
+/** Refusals that end or refuse the whole session rather than answer its last command. */
+const CONNECTION_REASONS = new Set<ReplyReason>([
+  "clients",
+  "per_ip",
+  "idle_timeout",
+  "session_timeout",
+  "idle_shed",
+  "shutdown",
+  "early_talker",
+  "line_too_long",
+]);
+
+/** The address in a MAIL/RCPT argument (`FROM:<a@b> SIZE=1` → `<a@b>`), for logs. */
+function addressOf(argument: string): string {
+  const m = /<[^>]*>/.exec(argument);
+  const text = m ? m[0] : argument.replace(/^(FROM|TO):/i, "").split(" ")[0];
+  // deno-lint-ignore no-control-regex
+  return text.replace(/[\x00-\x1f\x7f]/g, "?").slice(0, 256);
 }
 
 /** A reply's text as smtp-server sends it after the code: `enhanced text`. */

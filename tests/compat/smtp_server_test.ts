@@ -24,3 +24,19 @@ async function* walk(dir: URL): AsyncGenerator<string> {
     else if (entry.name.endsWith(".ts")) yield url.pathname;
   }
 }
+
+Deno.test("the self-check names each hook the ingress relies on when it is missing", async () => {
+  const { checkSmtpServer } = await import("../../src/compat/smtp_server.ts");
+  const { SMTPConnection } = await import("smtp-server/lib/smtp-connection.js");
+  checkSmtpServer(); // the pinned version has them all
+  for (const name of ["handler_AUTH", "_onCommand", "send"]) {
+    class Without extends SMTPConnection {}
+    Object.defineProperty(Without.prototype, name, { value: undefined });
+    assert.throws(
+      () => checkSmtpServer(Without),
+      new RegExp(
+        `^Error: smtp-server \\d+\\.\\d+\\.\\d+: SMTPConnection\\.${name}\\(\\) is missing`,
+      ),
+    );
+  }
+});

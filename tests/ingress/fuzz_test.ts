@@ -223,6 +223,9 @@ class Fuzz {
         this.problem(`expected ${exp.code} (${exp.why}), got ${got}`);
         return false;
       }
+      if (got.code >= 400 && !/^\d{3}[ -][45]\.\d{1,3}\.\d{1,3} /.test(got.lines[0])) {
+        this.problem(`${exp.why}: a refusal without an enhanced status code: ${got.lines[0]}`);
+      }
       if (exp.code === 0) continue;
       if (got.code !== exp.code || (exp.text && !exp.text.test(got.lines[0]))) {
         this.problem(`expected ${exp.code} ${exp.text ?? ""} (${exp.why}), got ${got.lines[0]}`);

@@ -155,7 +155,11 @@ export class SmtpModel {
       if (++this.#unrecognized >= 10) {
         return this.#close(421, /too many unrecognized commands/, "10th unknown command");
       }
-      return { code: 500, text: /^500 Error: command not recognized$/, why: "unknown command" };
+      return {
+        code: 500,
+        text: /^500 5\.5\.2 Error: command not recognized$/,
+        why: "unknown command",
+      };
     }
     if (!this.user && name !== "AUTH") {
       if (++this.#unauthenticated >= this.#o.maxUnauthenticated) {
