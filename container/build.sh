@@ -73,8 +73,16 @@ cp "$repo/container/entrypoint.sh" "$repo/container/healthcheck.sh" "$ctx/app/co
   Deno.writeTextFileSync(to, JSON.stringify(json, null, 2) + "\n");
 ' "$repo/deno.json" "$ctx/app/deno.json"
 
+# The image the tag named before: removed below if the build moved the tag away from it
+# (unless a container still uses it), so repeated builds do not pile up old images.
+previous="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
+
 echo "podman build $tag from $base" >&2
 podman build --quiet --network none --format docker \
   --build-arg "BASE=$base" --tag "$tag" --file "$repo/Containerfile" \
   ${iidfile:+--iidfile "$iidfile"} "$ctx" >/dev/null
+current="$(podman image inspect --format '{{.Id}}' "$tag")"
+if [[ -n "$previous" && "$previous" != "$current" ]]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 echo "$tag"
