@@ -24,10 +24,10 @@ const CA = await Deno.readTextFile(`${REPO}tests/fixtures/reload_ca.pem`);
 const RELAY_UID = 10001;
 
 /** The config as an operator writes it: it imports `./src/config/mod.ts` like the example. */
-function configText(accounts: TestAccount[], hash: string): string {
+function configText(accounts: TestAccount[], hash: string, smtpExtra = ""): string {
   return `import { defineConfig } from "./src/config/mod.ts";
 export default defineConfig({
-  smtp: { name: "relay.test" },
+  smtp: { name: "relay.test", ${smtpExtra} },
   http: { host: "0.0.0.0" },
   tls: { certFile: "/etc/smtp-relay/tls/cert.pem", keyFile: "/etc/smtp-relay/tls/key.pem" },
   stateDir: "/var/lib/smtp-relay",
@@ -68,14 +68,32 @@ async function transaction(client: RawSmtp, from: string, to: string, id: string
   return await client.reply(60_000);
 }
 
-/** The messages the sandbox runner reported, bytes decoded. */
-function delivered(sandbox: Attached) {
+/** A message the sandbox accepted, its bytes as latin1 text. */
+interface Delivered {
+  user: string;
+  from: string;
+  to: string[];
+  data: string;
+}
+
+/** The messages the sandbox runner reported so far. */
+function reported(sandbox: Attached): Delivered[] {
   return sandbox.json("out").flatMap((line) => {
-    const m = line.message as
-      | { user: string; from: string; to: string[]; data: string }
-      | undefined;
+    const m = line.message as Delivered | undefined;
     return m ? [{ ...m, data: Buffer.from(m.data, "base64").toString("latin1") }] : [];
   });
+}
+
+/**
+ * The messages the sandbox accepted, once it reported `count` (its report travels through
+ * podman's attach pipe, so it may follow the relay's 250 by a moment). Fails at once if it
+ * reported more: a message delivered twice or unexpectedly.
+ */
+async function delivered(sandbox: Attached, count: number): Promise<Delivered[]> {
+  await sandbox.waitUntil(() => reported(sandbox).length >= count, `${count} messages`, 15_000);
+  const got = reported(sandbox);
+  assert.equal(got.length, count);
+  return got;
 }
 
 Deno.test("container image: built from Debian packages, relays through a published port, reloads on HUP, drains on stop", async (t) => {
@@ -91,8 +109,18 @@ Deno.test("container image: built from Debian packages, relays through a publish
   const dir = await Deno.makeTempDir({ prefix: "relay-container-" });
   const accounts = makeAccounts(2);
   const hash = await hashPassword(PASSWORD);
+  // Clients through a published port arrive from the pod network's gateway (NAT): the
+  // address a load balancer on this host is seen from, so the one in proxyFrom.
+  const gateway = (await podman([
+    "network",
+    "inspect",
+    "podman",
+    "--format",
+    "{{range .Subnets}}{{.Gateway}}{{end}}",
+  ])).stdout.trim();
   let sandbox: Attached | undefined;
   let relay: Attached | undefined;
+  let relay2: Attached | undefined;
   try {
     await t.step("the image: non-root user, healthcheck, stop signal, no -A", async () => {
       const [info] = JSON.parse((await podman(["image", "inspect", image])).stdout);
@@ -233,8 +261,7 @@ Deno.test("container image: built from Debian packages, relays through a publish
       assert.match(reply.last, /^250 2\.0\.0 OK, upstream said: 250 /);
       assert.equal((await tls.command("QUIT")).code, 221);
       await tls.close();
-      const got = delivered(sandbox!);
-      assert.equal(got.length, 1);
+      const got = await delivered(sandbox!, 1);
       assert.equal(got[0].user, accounts[0].email);
       assert.equal(got[0].from, accounts[0].email);
       assert.deepEqual(got[0].to, ["friend@example.net"]);
@@ -262,8 +289,7 @@ Deno.test("container image: built from Debian packages, relays through a publish
       const reply = await transaction(client, accounts[1].email, "second@example.net", "second");
       assert.match(reply.last, /^250 2\.0\.0 OK, upstream said: 250 /);
       await client.close();
-      const got = delivered(sandbox!);
-      assert.equal(got.length, 2);
+      const got = await delivered(sandbox!, 2);
       assert.equal(got[1].user, accounts[1].email);
       assert.equal(got[1].data, message(accounts[1].email, "second@example.net", "second"));
     });
@@ -305,18 +331,70 @@ Deno.test("container image: built from Debian packages, relays through a publish
       const code = await podman(["inspect", "--format", "{{.State.ExitCode}}", relayName]);
       assert.equal(code.stdout.trim(), "0");
       assert.ok(relay!.err.slice(logFrom).includes("stopped"), relay!.err.slice(-2000));
-      const got = delivered(sandbox!);
-      assert.equal(got.length, 3);
+      const got = await delivered(sandbox!, 3);
       assert.equal(got[2].data, text);
     });
+
+    await t.step(
+      "a new container on the same volume, behind a load balancer (PROXY v1)",
+      async () => {
+        // Clients through a published port arrive from the pod network's gateway (NAT), so a
+        // load balancer on this host is seen there: the address for proxyFrom. Every client of
+        // the listener must then come through it (a PROXY header is required from that address).
+        await Deno.writeTextFile(
+          `${dir}/accounts.ts`,
+          configText(
+            accounts,
+            hash,
+            `proxyFrom: ["${gateway}"], trustedNetworks: ["203.0.113.0/24"]`,
+          ),
+        );
+        await sandbox!.send(JSON.stringify({ replyDelayMs: 0 }));
+        relay2 = new Attached([
+          "run",
+          "--pod",
+          pod,
+          "--name",
+          `${relayName}2`,
+          "-v",
+          `${dir}:/etc/smtp-relay:ro`,
+          "-v",
+          `${volume}:/var/lib/smtp-relay`,
+          image,
+          "serve",
+          "--log-format",
+          "json",
+        ]);
+        await relay2.waitUntil(() => relay2!.err.includes("SMTP on"), "SMTP on", 60_000);
+        const from = accounts[0].email;
+        // The balancer says the client is 198.51.100.9: not trusted, AUTH required.
+        const { client: outside } = await RawSmtp.connect(smtpPort, { proxy: "198.51.100.9" });
+        assert.equal((await outside.command("EHLO outside.test")).code, 250);
+        assert.match((await outside.command(`MAIL FROM:<${from}>`)).last, /^530 5\.7\.0 /);
+        await outside.close();
+        // It says 203.0.113.7, on the trusted network: no AUTH, the account by MAIL FROM. The
+        // refresh token in accounts.ts was rotated away by the first container: only the one
+        // it stored in the volume works.
+        const { client } = await RawSmtp.connect(smtpPort, { proxy: "203.0.113.7" });
+        assert.equal((await client.command("EHLO printer.test")).code, 250);
+        const reply = await transaction(client, from, "proxied@example.net", "proxied");
+        assert.match(reply.last, /^250 2\.0\.0 OK, upstream said: 250 /);
+        assert.equal((await client.command("QUIT")).code, 221);
+        await client.close();
+        const got = await delivered(sandbox!, 4);
+        assert.equal(got[3].data, message(from, "proxied@example.net", "proxied"));
+        await podman(["stop", "--time", "60", `${relayName}2`]);
+        assert.equal((await relay2.exited()).code, 0, relay2.err.slice(-2000));
+      },
+    );
 
     await t.step("no secret in the relay's log", () => {
       for (const a of accounts) {
         for (const secret of [a.refreshToken, a.clientSecret, PASSWORD]) {
-          assert.ok(!relay!.err.includes(secret), "a secret in the log");
+          assert.ok(!relay!.err.includes(secret) && !relay2!.err.includes(secret), "a secret");
         }
       }
-      assert.ok(!relay!.err.includes("PRIVATE KEY"));
+      assert.ok(!relay!.err.includes("PRIVATE KEY") && !relay2!.err.includes("PRIVATE KEY"));
     });
     console.log(
       `container test: image build ${((built - started) / 1000).toFixed(1)} s, ` +
@@ -326,6 +404,7 @@ Deno.test("container image: built from Debian packages, relays through a publish
     await podman(["pod", "rm", "--force", "--time", "0", pod], { allowFail: true });
     await sandbox?.close();
     await relay?.close();
+    await relay2?.close();
     await podman(["volume", "rm", "--force", volume], { allowFail: true });
     await Deno.remove(dir, { recursive: true });
   }
