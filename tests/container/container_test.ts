@@ -247,6 +247,13 @@ Deno.test("container image: built from Debian packages, relays through a publish
       const list = await fetch(`http://127.0.0.1:${httpPort}/accounts`);
       assert.equal(list.status, 403);
       await list.body?.cancel();
+      // Inside the container the commands run under the same flags; status is a loopback
+      // client there. check refreshes the token (stored by compare-and-set in the volume).
+      const status = await podman(["exec", relayName, "/app/container/entrypoint.sh", "status"]);
+      assert.ok(status.stdout.includes(accounts[0].email), status.stdout);
+      const check = await podman(["exec", relayName, "/app/container/entrypoint.sh", "check"]);
+      assert.ok(check.stdout.includes(accounts[0].email), check.stdout);
+      assert.ok(!check.stdout.includes(accounts[0].refreshToken));
     });
 
     await t.step("a NAT client: plaintext AUTH refused, STARTTLS + AUTH relays", async () => {
