@@ -20,6 +20,8 @@ import { Attached, buildImage, podman, REPO } from "./podman.ts";
 
 const TAG = "localhost/smtp-oauth2-relay:test";
 const CA = await Deno.readTextFile(`${REPO}tests/fixtures/reload_ca.pem`);
+/** The hardening docs/container.md recommends: the relay runs with all of it. */
+const HARDENED = ["--read-only", "--cap-drop", "all", "--security-opt", "no-new-privileges"];
 /** uid:gid of the image's relay user (Containerfile). */
 const RELAY_UID = 10001;
 
@@ -129,6 +131,9 @@ Deno.test("container image: built from Debian packages, relays through a publish
       assert.equal(info.Config.StopSignal, "SIGTERM");
       assert.deepEqual(info.Healthcheck.Test, ["CMD", "/app/container/healthcheck.sh"]);
       assert.deepEqual(info.Config.Entrypoint, ["/app/container/entrypoint.sh"]);
+      // Every module is in the image: it loads them all with no network at all.
+      const offline = await podman(["run", "--rm", "--network", "none", image, "--help"]);
+      assert.match(offline.stdout, /main\.ts \[serve\]/);
     });
 
     // The config directory as an operator mounts it (read-only): accounts.ts and tls/.
@@ -195,6 +200,7 @@ Deno.test("container image: built from Debian packages, relays through a publish
         pod,
         "--name",
         relayName,
+        ...HARDENED,
         "--stop-timeout",
         "60",
         "-v",
@@ -363,6 +369,7 @@ Deno.test("container image: built from Debian packages, relays through a publish
           pod,
           "--name",
           `${relayName}2`,
+          ...HARDENED,
           "-v",
           `${dir}:/etc/smtp-relay:ro`,
           "-v",
