@@ -18,12 +18,21 @@ import { freePort, makeAccounts, PASSWORD, type TestAccount } from "../harness.t
 import { plain, RawSmtp, type Reply } from "../smtp_client.ts";
 import { Attached, buildImage, podman, REPO } from "./podman.ts";
 
-const TAG = "localhost/smtp-oauth2-relay:test";
+/**
+ * One tag per checkout: a build moves its tag and removes the image it left (build.sh), so
+ * two checkouts testing at once must not share one. Layers are shared all the same.
+ */
+const TAG = `localhost/smtp-oauth2-relay:test-${(await sha256(REPO)).slice(0, 12)}`;
 const CA = await Deno.readTextFile(`${REPO}tests/fixtures/reload_ca.pem`);
 /** The hardening docs/container.md recommends: the relay runs with all of it. */
 const HARDENED = ["--read-only", "--cap-drop", "all", "--security-opt", "no-new-privileges"];
 /** uid:gid of the image's relay user (Containerfile). */
 const RELAY_UID = 10001;
+
+async function sha256(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 /** The config as an operator writes it: it imports `./src/config/mod.ts` like the example. */
 function configText(accounts: TestAccount[], hash: string, smtpExtra = ""): string {
@@ -134,6 +143,17 @@ Deno.test("container image: built from Debian packages, relays through a publish
       // Every module is in the image: it loads them all with no network at all.
       const offline = await podman(["run", "--rm", "--network", "none", image, "--help"]);
       assert.match(offline.stdout, /main\.ts \[serve\]/);
+      // The healthcheck is not vacuous: with nothing listening it fails.
+      const unhealthy = await podman([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/app/container/healthcheck.sh",
+        image,
+      ], { allowFail: true });
+      assert.equal(unhealthy.code, 1, unhealthy.stderr);
     });
 
     // The config directory as an operator mounts it (read-only): accounts.ts and tls/.
