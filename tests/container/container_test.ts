@@ -390,6 +390,8 @@ Deno.test("container image: built from Debian packages, relays through a publish
           "--name",
           `${relayName}2`,
           ...HARDENED,
+          "-e",
+          "RELAY_ALLOW_NET_EXTRA=mail.example.com:465",
           "-v",
           `${dir}:/etc/smtp-relay:ro`,
           "-v",
@@ -400,6 +402,9 @@ Deno.test("container image: built from Debian packages, relays through a publish
           "json",
         ]);
         await relay2.waitUntil(() => relay2!.err.includes("SMTP on"), "SMTP on", 60_000);
+        // A custom provider's hosts join --allow-net through the environment.
+        const argv = (await podman(["exec", `${relayName}2`, "cat", "/proc/1/cmdline"])).stdout;
+        assert.match(argv, /\0--allow-net=0\.0\.0\.0:2525,[^\0]*,mail\.example\.com:465\0/);
         const from = accounts[0].email;
         // The balancer says the client is 198.51.100.9: not trusted, AUTH required.
         const { client: outside } = await RawSmtp.connect(smtpPort, { proxy: "198.51.100.9" });
