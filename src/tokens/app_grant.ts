@@ -1,0 +1,20 @@
+/**
+ * App-only credentials: one credential that gets access tokens for many mailboxes
+ * without a refresh token per mailbox. An {@link AppGrant} is what the token manager
+ * calls instead of the refresh grant (see `AccountTokensOptions.grant`).
+ * @module
+ */
+import type { TokenGrant } from "./oauth.ts";
+
+/** Fetches a new access token for one mailbox; rejects with a `TokenError`. */
+export type AppGrant = (timeoutMs: number, now: () => number) => Promise<TokenGrant>;
+
+/** A credential that covers many mailboxes: one {@link AppGrant} per mailbox. */
+export interface AppCredential {
+  /** `service_account` (Google) or `client_credentials` (Microsoft, secret or certificate). */
+  readonly kind: "service_account" | "client_credentials";
+  /** Who the provider knows the credential as (service account or client id), for hints. */
+  readonly clientId: string;
+  /** The grant for `mailbox`. */
+  grantFor(mailbox: string): AppGrant;
+}
