@@ -95,10 +95,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     },
     upstream: metrics,
     // One cap per address, as configured now, for every runtime of it (see AccountDeps).
-    permits: new LocalPermits((account) =>
-      config.accounts.find((a) => a.email.toLowerCase() === account.toLowerCase())
-        ?.maxConnections ?? 1
-    ),
+    permits: new LocalPermits((account) => registry?.maxConnections(account) ?? 1),
   };
   const accounts = registry = new AccountRegistry(deps, quotas);
   accounts.apply(config);
@@ -106,6 +103,8 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     name: config.smtp.name,
     quotas,
     deliveryTimeoutMs: config.deliveryTimeoutSeconds * 1000,
+    // Mailboxes of domain entries (app-only credentials), as configured now.
+    resolve: (address) => accounts.resolve(address),
   });
   const ingress = await startIngress({
     ...await ingressOptions(config, relay, metrics),
