@@ -192,7 +192,11 @@ const account = z.object({
 }).strict();
 
 /** Reads a file named in the config; an issue names the path and why, never content. */
-function readConfigFile(path: string, ctx: z.core.$RefinementCtx<unknown>): string | undefined {
+function readConfigFile(
+  path: string,
+  field: string,
+  ctx: z.core.$RefinementCtx<unknown>,
+): string | undefined {
   try {
     return Deno.readTextFileSync(path);
   } catch (err) {
@@ -203,7 +207,12 @@ function readConfigFile(path: string, ctx: z.core.$RefinementCtx<unknown>): stri
       : err instanceof Deno.errors.IsADirectory
       ? "a directory, expected a file"
       : (err as Error).name;
-    ctx.addIssue({ code: "custom", input: path, message: `cannot read ${path}: ${why}` });
+    ctx.addIssue({
+      code: "custom",
+      input: path,
+      path: [field],
+      message: `cannot read ${path}: ${why}`,
+    });
     return undefined;
   }
 }
@@ -230,7 +239,7 @@ const appCredential = z.discriminatedUnion("type", [
       });
       return z.NEVER;
     }
-    const content = c.keyFile !== undefined ? readConfigFile(c.keyFile, ctx) : c.key;
+    const content = c.keyFile !== undefined ? readConfigFile(c.keyFile, "keyFile", ctx) : c.key;
     if (content === undefined) return z.NEVER;
     try {
       return { type: "serviceAccount" as const, key: parseServiceAccountKey(content) };
@@ -263,9 +272,9 @@ const appCredential = z.discriminatedUnion("type", [
       });
       return z.NEVER;
     }
-    const cert = readConfigFile(c.certificateFile, ctx);
+    const cert = readConfigFile(c.certificateFile, "certificateFile", ctx);
     const key = c.privateKeyFile !== undefined
-      ? readConfigFile(c.privateKeyFile, ctx)
+      ? readConfigFile(c.privateKeyFile, "privateKeyFile", ctx)
       : c.privateKey;
     if (cert === undefined || key === undefined) return z.NEVER;
     const keyField = c.privateKeyFile !== undefined ? "privateKeyFile" : "privateKey";
