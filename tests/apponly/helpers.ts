@@ -83,6 +83,8 @@ export interface DomainHarness {
   readonly sandbox: Sandbox;
   readonly relay: RunningRelay;
   readonly config: RelayConfig;
+  /** The config object the relay was started with (as `accounts.ts` would export it). */
+  readonly input: Record<string, unknown>;
   readonly stateDir: string;
   /** Temporary directory with the key files. */
   readonly keyDir: string;
@@ -151,7 +153,7 @@ export async function startDomainHarness(o: DomainHarnessOptions = {}): Promise<
       }
       : { type: "clientSecret", clientId: APP_ID, clientSecret: APP_SECRET };
   }
-  const config = parseConfig({
+  const input = {
     smtp: { port: 0 },
     http: { port: 0 },
     stateDir,
@@ -163,12 +165,14 @@ export async function startDomainHarness(o: DomainHarnessOptions = {}): Promise<
       ...o.domain,
     }],
     ...o.config,
-  });
+  };
+  const config = parseConfig(input);
   const relay = await startRelay(config);
   const h: DomainHarness = {
     sandbox,
     relay,
     config,
+    input,
     stateDir,
     keyDir,
     keyFile,

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { hashPassword } from "../../src/relay/password.ts";
+import { parseConfig } from "../../src/config/load.ts";
 import { metricValue, PASSWORD, until } from "../harness.ts";
 import { DOMAIN, startDomainHarness } from "./helpers.ts";
 
@@ -171,6 +172,37 @@ Deno.test("no delegation: 454 with the provider's unauthorized_client, and /acco
     const ready = await fetch(`http://127.0.0.1:${h.relay.http.port}/readyz`);
     assert.equal(ready.status, 503);
     assert.equal((await ready.json()).accounts.needsReauth, 1);
+  } finally {
+    await h.close();
+  }
+});
+
+Deno.test("reload: an unchanged domain keeps its mailboxes' tokens, a changed one is rebuilt, a removed one logs nobody in", async () => {
+  const h = await startDomainHarness();
+  try {
+    const [entry] = h.input.domains as Record<string, unknown>[];
+    const grants = () => h.sandbox.tokens.appOnly.stats.grants;
+    assert.match(await h.send(`alice@${DOMAIN}`), OK);
+    assert.equal(grants(), 1);
+    await h.relay.reload(parseConfig(h.input));
+    assert.match(await h.send(`alice@${DOMAIN}`), OK);
+    assert.equal(grants(), 1); // same entry: same state, cached token
+    await h.relay.reload(
+      parseConfig({ ...h.input, domains: [{ ...entry, quota: { messagesPerDay: 50 } }] }),
+    );
+    assert.match(await h.send(`alice@${DOMAIN}`), OK);
+    assert.equal(grants(), 2); // changed entry: new state, new token
+    await h.relay.reload(
+      parseConfig({ ...h.input, domains: [{ ...entry, domain: "other.example" }] }),
+    );
+    assert.equal(await h.send(`alice@${DOMAIN}`), BAD_LOGIN);
+    // other.example logs in, but the service account has no delegation for it.
+    assert.equal(
+      await h.send("alice@other.example"),
+      "454 4.7.0 Account needs re-authorization by the relay operator " +
+        "(invalid_grant: Invalid email or User ID)",
+    );
+    assert.equal(h.sandbox.received.length, 3);
   } finally {
     await h.close();
   }
