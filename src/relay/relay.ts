@@ -571,6 +571,18 @@ function tokenFailure(err: unknown): Outcome {
       refusedRecipients: [],
     };
   }
+  // A domain entry's app-only credential refused (tokens/app_grant.ts AppCredentialError).
+  if (err instanceof TokenError && err.name === "AppCredentialError") {
+    return {
+      result: "token_error",
+      reply: reply(
+        454,
+        "4.7.0",
+        clipReply(`The provider refused the relay's credential for this mailbox (${message})`),
+      ),
+      refusedRecipients: [],
+    };
+  }
   if (err instanceof TokenError && err.kind === "permanent") {
     return {
       result: "token_error",

@@ -4,7 +4,7 @@
  * calls instead of the refresh grant (see `AccountTokensOptions.grant`).
  * @module
  */
-import type { TokenGrant } from "./oauth.ts";
+import { TokenError, type TokenGrant } from "./oauth.ts";
 
 /** Fetches a new access token for one mailbox; rejects with a `TokenError`. */
 export type AppGrant = (timeoutMs: number, now: () => number) => Promise<TokenGrant>;
@@ -17,4 +17,27 @@ export interface AppCredential {
   readonly clientId: string;
   /** The grant for `mailbox`. */
   grantFor(mailbox: string): AppGrant;
+}
+
+/**
+ * The provider refused an app-only credential for good (invalid secret or certificate,
+ * delegation or consent missing, no such mailbox): only the operator (or the tenant's
+ * administrator) can fix it; no `authorize` helps.
+ */
+export class AppCredentialError extends TokenError {
+  /** Wraps a permanent token failure of an app-only grant. */
+  constructor(cause: TokenError) {
+    super(cause.message, "permanent", cause.oauthError, cause.retryAfterMs);
+    this.name = "AppCredentialError";
+  }
+}
+
+/** Runs `grant`; a permanent failure becomes an {@link AppCredentialError}. */
+export async function appGrantCall(grant: () => Promise<TokenGrant>): Promise<TokenGrant> {
+  try {
+    return await grant();
+  } catch (err) {
+    if (err instanceof TokenError && err.kind === "permanent") throw new AppCredentialError(err);
+    throw err;
+  }
 }

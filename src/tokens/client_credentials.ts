@@ -8,7 +8,7 @@
  * @module
  */
 import * as oauth from "oauth4webapi";
-import type { AppCredential, AppGrant } from "./app_grant.ts";
+import { type AppCredential, type AppGrant, appGrantCall } from "./app_grant.ts";
 import { importSigningKey } from "./jwt.ts";
 import { tokenEndpointGrant } from "./oauth.ts";
 
@@ -68,13 +68,15 @@ export class ClientCredentialsCredential implements AppCredential {
     return async (timeoutMs, now) => {
       this.#auth ??= this.#clientAuth();
       const auth = await this.#auth;
-      return tokenEndpointGrant(
-        this.#tokenUrl,
-        this.clientId,
-        (as, c, options) =>
-          oauth.clientCredentialsGrantRequest(as, c, auth, { scope: this.#scope }, options),
-        timeoutMs,
-        now,
+      return await appGrantCall(() =>
+        tokenEndpointGrant(
+          this.#tokenUrl,
+          this.clientId,
+          (as, c, options) =>
+            oauth.clientCredentialsGrantRequest(as, c, auth, { scope: this.#scope }, options),
+          timeoutMs,
+          now,
+        )
       );
     };
   }

@@ -6,7 +6,7 @@
  * @module
  */
 import * as oauth from "oauth4webapi";
-import type { AppCredential, AppGrant } from "./app_grant.ts";
+import { type AppCredential, type AppGrant, appGrantCall } from "./app_grant.ts";
 import { importSigningKey, rsaPrivateKeyDer, signJwt } from "./jwt.ts";
 import { tokenEndpointGrant } from "./oauth.ts";
 
@@ -100,16 +100,18 @@ export class ServiceAccountCredential implements AppCredential {
   grantFor(mailbox: string): AppGrant {
     return async (timeoutMs, now) => {
       const assertion = await this.assertion(mailbox, now());
-      return tokenEndpointGrant(
-        this.#tokenUrl,
-        this.#key.clientEmail,
-        (as, c, options) =>
-          // No client authentication: the signed assertion is the credential.
-          oauth.genericTokenEndpointRequest(as, c, noClientAuth, JWT_BEARER_GRANT, {
-            assertion,
-          }, options),
-        timeoutMs,
-        now,
+      return await appGrantCall(() =>
+        tokenEndpointGrant(
+          this.#tokenUrl,
+          this.#key.clientEmail,
+          (as, c, options) =>
+            // No client authentication: the signed assertion is the credential.
+            oauth.genericTokenEndpointRequest(as, c, noClientAuth, JWT_BEARER_GRANT, {
+              assertion,
+            }, options),
+          timeoutMs,
+          now,
+        )
       );
     };
   }

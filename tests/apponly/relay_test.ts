@@ -163,7 +163,10 @@ Deno.test("no delegation: 454 with the provider's unauthorized_client, and /acco
   try {
     h.serviceAccount!.domains = [];
     const reply = await h.send(`alice@${DOMAIN}`);
-    assert.match(reply, /^454 4\.7\.0 .*unauthorized_client: Client is unauthorized/);
+    assert.match(
+      reply,
+      /^454 4\.7\.0 The provider refused the relay.s credential for this mailbox \(unauthorized_client: Client is unauthorized/,
+    );
     assert.equal(h.sandbox.received.length, 0);
     const [status] = await h.relay.accounts();
     assert.equal(status.account, `alice@${DOMAIN}`);
@@ -199,7 +202,7 @@ Deno.test("reload: an unchanged domain keeps its mailboxes' tokens, a changed on
     // other.example logs in, but the service account has no delegation for it.
     assert.equal(
       await h.send("alice@other.example"),
-      "454 4.7.0 Account needs re-authorization by the relay operator " +
+      "454 4.7.0 The provider refused the relay's credential for this mailbox " +
         "(invalid_grant: Invalid email or User ID)",
     );
     assert.equal(h.sandbox.received.length, 3);
