@@ -99,7 +99,8 @@ export class ServiceAccountCredential implements AppCredential {
   /** See {@link AppCredential.grantFor}. */
   grantFor(mailbox: string): AppGrant {
     return async (timeoutMs, now) => {
-      const assertion = await this.assertion(mailbox, now());
+      // Wall-clock time: the provider checks iat/exp against its own clock.
+      const assertion = await this.assertion(mailbox, Date.now());
       return await appGrantCall(() =>
         tokenEndpointGrant(
           this.#tokenUrl,
