@@ -109,7 +109,9 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   const ingress = await startIngress({
     ...await ingressOptions(config, relay, metrics),
     // Lock log lines name configured accounts only (clients put passwords in the username).
-    accountName: (u) => config.accounts.find((a) => a.email.toLowerCase() === u)?.email,
+    accountName: (u) =>
+      config.accounts.find((a) => a.email.toLowerCase() === u)?.email ??
+        accounts.resolve(u)?.email,
   });
   const saver = new StateSaver(quotas, QUOTA_FLUSH_MS);
 

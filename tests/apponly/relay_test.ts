@@ -8,6 +8,7 @@ import { hashPassword } from "../../src/relay/password.ts";
 import { parseConfig } from "../../src/config/load.ts";
 import { metricValue, PASSWORD, until } from "../harness.ts";
 import { DOMAIN, startDomainHarness } from "./helpers.ts";
+import { CapturedLogs } from "../tokens/helpers.ts";
 
 const OK = /^250 2\.0\.0 OK, upstream said: 250 2\.0\.0 OK \d+ - sandbox$/;
 const BAD_LOGIN = "535 5.7.8 Authentication credentials invalid";
@@ -208,5 +209,32 @@ Deno.test("reload: an unchanged domain keeps its mailboxes' tokens, a changed on
     assert.equal(h.sandbox.received.length, 3);
   } finally {
     await h.close();
+  }
+});
+
+Deno.test("failed logins lock a domain mailbox like an account, and the lock log names it", async () => {
+  const logs = await CapturedLogs.start();
+  const h = await startDomainHarness({
+    config: {
+      limits: {
+        authFailuresBeforeAccountLock: 2,
+        authFailuresBeforeTarpit: 100,
+        authFailuresBeforeDisconnect: 100,
+        tarpitStepMs: 0,
+      },
+    },
+  });
+  try {
+    assert.equal(await h.send(`alice@${DOMAIN}`, { password: "wrong-1" }), BAD_LOGIN);
+    assert.equal(await h.send(`alice@${DOMAIN}`, { password: "wrong-2" }), BAD_LOGIN);
+    assert.equal(
+      await h.send(`alice@${DOMAIN}`),
+      "454 4.7.0 Too many failed authentications for this account, try again later",
+    );
+    assert.match(await h.send(`bob@${DOMAIN}`), OK);
+    assert.match(logs.text, /AUTH as \\"alice@fleet\.example\\" locked for 600 s/);
+  } finally {
+    await h.close();
+    await logs.stop();
   }
 });
