@@ -240,7 +240,11 @@ async function ingressOptions(
  * `--allow-net=<address>:0` to bind it, and without it would fail on the first connection.
  */
 function checkSourceAddresses(config: RelayConfig): void {
-  for (const a of config.accounts) {
+  const domains = config.domains.map((d) => ({
+    email: `*@${d.domain}`,
+    sourceAddress: d.sourceAddress,
+  }));
+  for (const a of [...config.accounts, ...domains]) {
     if (!a.sourceAddress) continue;
     const host = a.sourceAddress.includes(":") ? `[${a.sourceAddress}]:0` : `${a.sourceAddress}:0`;
     const state = Deno.permissions.querySync({ name: "net", host }).state;

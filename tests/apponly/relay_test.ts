@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { hashPassword } from "../../src/relay/password.ts";
 import { parseConfig } from "../../src/config/load.ts";
+import { startRelay } from "../../src/app.ts";
 import { metricValue, PASSWORD, until } from "../harness.ts";
 import { DOMAIN, startDomainHarness } from "./helpers.ts";
 import { CapturedLogs } from "../tokens/helpers.ts";
@@ -236,5 +237,28 @@ Deno.test("failed logins lock a domain mailbox like an account, and the lock log
   } finally {
     await h.close();
     await logs.stop();
+  }
+});
+
+Deno.test("a domain's sourceAddress the permissions do not grant stops the start, naming the domain", async () => {
+  const stateDir = await Deno.makeTempDir({ prefix: "relay-apponly-source-" });
+  try {
+    const config = parseConfig({
+      smtp: { port: 0 },
+      http: { port: 0 },
+      stateDir,
+      domains: [{
+        domain: DOMAIN,
+        provider: { type: "sandbox", tokenUrl: "http://127.0.0.1:9/token", smtpPort: 9 },
+        credential: { type: "clientSecret", clientId: "app", clientSecret: "s3cret-123" },
+        passwordHash: await hashPassword(PASSWORD),
+        sourceAddress: "10.9.9.9",
+      }],
+    });
+    await assert.rejects(startRelay(config), {
+      message: `*@${DOMAIN}: sourceAddress 10.9.9.9 needs --allow-net=10.9.9.9:0 (not granted)`,
+    });
+  } finally {
+    await Deno.remove(stateDir, { recursive: true });
   }
 });
