@@ -148,6 +148,17 @@ Deno.test("a mailbox sends as itself only; per-mailbox quota and metrics", async
 Deno.test("idle mailboxes lose their state, and get it back on the next message", async () => {
   const h = await startDomainHarness({ domain: { idleSeconds: 1 } });
   try {
+    // Before any mailbox is used the domain counts once, as unknown: ready.
+    const ready = await fetch(`http://127.0.0.1:${h.relay.http.port}/readyz`);
+    assert.equal(ready.status, 200);
+    assert.deepEqual((await ready.json()).accounts, {
+      total: 1,
+      ok: 0,
+      failing: 0,
+      needsReauth: 0,
+      stateCorrupt: 0,
+      unsaved: 0,
+    });
     assert.match(await h.send(`alice@${DOMAIN}`), OK);
     assert.deepEqual((await h.relay.accounts()).map((a) => a.account), [`alice@${DOMAIN}`]);
     assert.ok(await until(async () => (await h.relay.accounts()).length === 0, 15_000));
