@@ -40,4 +40,34 @@ export default defineConfig({
     },
     ...support,
   ],
+  // Every mailbox of a domain through one app-only credential (docs/app-only.md): no
+  // refresh token per mailbox. A client logs in as the mailbox with the domain's password
+  // (or its own, from `passwords`) and sends as that mailbox only. Key files are read at
+  // start: they need --allow-read (put them under ./tls, which the start task allows).
+  domains: [
+    {
+      domain: "example.org",
+      provider: "google",
+      // Service account with domain-wide delegation for https://mail.google.com/.
+      credential: { type: "serviceAccount", keyFile: "./tls/relay-service-account.json" },
+      passwordHash: TEAM_PASSWORD_HASH,
+      // One mailbox with a password of its own (local part or address → hash).
+      passwords: { printer: TEAM_PASSWORD_HASH },
+    },
+    {
+      domain: "example.net",
+      provider: { type: "microsoft", tenant: "example.net" },
+      // App with SMTP.SendAsApp (admin consent), a service principal in Exchange and a
+      // mailbox permission per mailbox. Or: { type: "certificate", clientId,
+      // certificateFile: "./tls/app.crt", privateKeyFile: "./tls/app.key" }.
+      credential: {
+        type: "clientSecret",
+        clientId: "11111111-1111-1111-1111-111111111111",
+        clientSecret: env("RELAY_EXAMPLE_NET_CLIENT_SECRET"),
+      },
+      passwordHash: TEAM_PASSWORD_HASH,
+      // Only these may log in; `check` tries them.
+      mailboxes: ["billing@example.net", "alerts@example.net"],
+    },
+  ],
 });

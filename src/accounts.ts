@@ -20,6 +20,7 @@ import { type UpstreamObserver, UpstreamPool, type UpstreamTarget } from "./upst
 import { type ConnectionPermits, LocalPermits } from "./upstream/permits.ts";
 import type { RelayAccount } from "./relay/relay.ts";
 import type { Quotas } from "./quota/quotas.ts";
+import type { AppGrant } from "./tokens/app_grant.ts";
 
 const tokenLog = getLogger(["relay", "tokens"]);
 
@@ -30,9 +31,11 @@ export function accountTokens(
   store: TokenStore,
   onRefresh?: (outcome: RefreshOutcome) => void,
   onSave?: (outcome: SaveOutcome) => void,
+  grant?: AppGrant,
 ): AccountTokens {
   return new AccountTokens({
     account: a.email,
+    grant,
     client: {
       tokenUrl: a.provider.tokenUrl,
       clientId: a.clientId,
@@ -156,17 +159,29 @@ export class AccountRuntime {
   /** Replaced by a reload, still usable until {@link retire}'s grace period ends. */
   #retiring = false;
   #lastError?: string;
+  /** Tokens come from an app-only credential (a mailbox of a domain entry). */
+  readonly #appOnly: boolean;
 
-  /** Builds the runtime; nothing connects or refreshes until first use. */
-  constructor(relayConfig: RelayConfig, config: AccountConfig, deps: AccountDeps) {
+  /**
+   * Builds the runtime; nothing connects or refreshes until first use. With `grant`, the
+   * tokens come from that app-only grant (a mailbox of a domain entry), not a refresh token.
+   */
+  constructor(
+    relayConfig: RelayConfig,
+    config: AccountConfig,
+    deps: AccountDeps,
+    grant?: AppGrant,
+  ) {
     this.config = config;
     this.key = accountKey(relayConfig, config);
+    this.#appOnly = grant !== undefined;
     this.tokens = accountTokens(
       relayConfig,
       config,
       deps.tokenStore,
       (o) => deps.onRefresh(config.email, o),
       (o) => logSave(config.email, o),
+      grant,
     );
     // A corrupt token file shows (readiness, status) before a message needs the account.
     void this.tokens.inspect();
@@ -266,7 +281,9 @@ export class AccountRuntime {
   async status(quotas: Quotas): Promise<AccountStatus> {
     const usage = await quotas.usage(this.config.email);
     const unsaved = this.tokens.unsaved;
-    const action = accountAction(this.config.email, this.tokens.state, this.tokens.lastError);
+    const action = this.#appOnly
+      ? appOnlyAction(this.config.email, this.tokens.state)
+      : accountAction(this.config.email, this.tokens.state, this.tokens.lastError);
     return {
       account: this.config.email,
       provider: this.config.provider.kind,
@@ -306,6 +323,14 @@ function accountAction(account: string, state: TokenState, error?: Error): strin
   }
   if (state === "needs_reauth") return `run \`${authorizeCommand(account)}\``;
   return undefined;
+}
+
+/** What to do about a domain mailbox whose app-only credential is refused. */
+function appOnlyAction(account: string, state: TokenState): string | undefined {
+  if (state !== "needs_reauth") return undefined;
+  const domain = account.slice(account.lastIndexOf("@") + 1);
+  return `fix the credential of domain ${domain} (run \`deno task start check ` +
+    `--mailbox ${account}\` for a hint)`;
 }
 
 /** Logs the retried write of an unsaved refresh token (never the token). */

@@ -95,10 +95,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     },
     upstream: metrics,
     // One cap per address, as configured now, for every runtime of it (see AccountDeps).
-    permits: new LocalPermits((account) =>
-      config.accounts.find((a) => a.email.toLowerCase() === account.toLowerCase())
-        ?.maxConnections ?? 1
-    ),
+    permits: new LocalPermits((account) => registry?.maxConnections(account) ?? 1),
   };
   const accounts = registry = new AccountRegistry(deps, quotas);
   accounts.apply(config);
@@ -106,11 +103,15 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     name: config.smtp.name,
     quotas,
     deliveryTimeoutMs: config.deliveryTimeoutSeconds * 1000,
+    // Mailboxes of domain entries (app-only credentials), as configured now.
+    resolve: (address) => accounts.resolve(address),
   });
   const ingress = await startIngress({
     ...await ingressOptions(config, relay, metrics),
     // Lock log lines name configured accounts only (clients put passwords in the username).
-    accountName: (u) => config.accounts.find((a) => a.email.toLowerCase() === u)?.email,
+    accountName: (u) =>
+      config.accounts.find((a) => a.email.toLowerCase() === u)?.email ??
+        accounts.resolve(u)?.email,
   });
   const saver = new StateSaver(quotas, QUOTA_FLUSH_MS);
 
@@ -239,7 +240,11 @@ async function ingressOptions(
  * `--allow-net=<address>:0` to bind it, and without it would fail on the first connection.
  */
 function checkSourceAddresses(config: RelayConfig): void {
-  for (const a of config.accounts) {
+  const domains = config.domains.map((d) => ({
+    email: `*@${d.domain}`,
+    sourceAddress: d.sourceAddress,
+  }));
+  for (const a of [...config.accounts, ...domains]) {
     if (!a.sourceAddress) continue;
     const host = a.sourceAddress.includes(":") ? `[${a.sourceAddress}]:0` : `${a.sourceAddress}:0`;
     const state = Deno.permissions.querySync({ name: "net", host }).state;

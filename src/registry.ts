@@ -9,6 +9,7 @@ import { type AccountDeps, accountKey, AccountRuntime, type AccountStatus } from
 import type { Quotas } from "./quota/quotas.ts";
 import type { RelayAccount } from "./relay/relay.ts";
 import type { TokenHealth, UnsavedToken } from "./tokens/manager.ts";
+import { domainKey, DomainRuntime } from "./domain_runtime.ts";
 
 /** An account whose rotated refresh token is still not saved after the last write at stop. */
 export interface UnsavedAtStop {
@@ -33,6 +34,8 @@ export class AccountRegistry {
   readonly #deps: AccountDeps;
   readonly #quotas: Quotas;
   #runtimes = new Map<string, AccountRuntime>();
+  /** Domain entries, keyed by lower-cased domain. */
+  #domains = new Map<string, DomainRuntime>();
 
   /** Starts empty; {@link apply} the first config. */
   constructor(deps: AccountDeps, quotas: Quotas) {
@@ -50,6 +53,29 @@ export class AccountRegistry {
     return [...this.#runtimes.values()];
   }
 
+  /** The domain entries in force. */
+  get domains(): DomainRuntime[] {
+    return [...this.#domains.values()];
+  }
+
+  /**
+   * The account of a mailbox of a configured domain (not a configured single account),
+   * or undefined: for the relay's logins and sender checks.
+   */
+  resolve(address: string): RelayAccount | undefined {
+    const mailbox = address.trim().toLowerCase();
+    if (this.#runtimes.has(mailbox)) return undefined;
+    return this.#domains.get(mailbox.slice(mailbox.lastIndexOf("@") + 1))?.account(mailbox);
+  }
+
+  /** The upstream connection cap of an address: its account's or its domain's (else 1). */
+  maxConnections(address: string): number {
+    const key = address.toLowerCase();
+    const account = this.#runtimes.get(key);
+    if (account) return account.config.maxConnections;
+    return this.#domains.get(key.slice(key.lastIndexOf("@") + 1))?.config.maxConnections ?? 1;
+  }
+
   /** What the relay uses of each account. */
   relayAccounts(): RelayAccount[] {
     return this.runtimes.map((r) => r.relayAccount);
@@ -57,7 +83,7 @@ export class AccountRegistry {
 
   /** Every account's token state, and whether a rotated refresh token is unsaved. */
   tokenStates(): TokenHealth[] {
-    return this.runtimes.map((r) => r.tokens.health);
+    return [...this.runtimes.map((r) => r.tokens.health), ...this.domains.map((d) => d.health())];
   }
 
   /**
@@ -83,6 +109,17 @@ export class AccountRegistry {
       next?.tokens.inherit(r.tokens);
       r.retire();
     }
+    const previousDomains = this.#domains;
+    const domains = new Map<string, DomainRuntime>();
+    for (const d of config.domains) {
+      const old = previousDomains.get(d.domain);
+      domains.set(
+        d.domain,
+        old && old.key === domainKey(config, d) ? old : new DomainRuntime(config, d, this.#deps),
+      );
+    }
+    this.#domains = domains;
+    for (const [name, d] of previousDomains) if (domains.get(name) !== d) d.retire();
     return {
       added: [...built.keys()].filter((k) => !previous.has(k)).length,
       removed: [...previous.keys()].filter((k) => !built.has(k)).length,
@@ -92,7 +129,10 @@ export class AccountRegistry {
 
   /** The operator's view of every account. */
   status(): Promise<AccountStatus[]> {
-    return Promise.all(this.runtimes.map((r) => r.status(this.#quotas)));
+    return Promise.all([
+      ...this.runtimes.map((r) => r.status(this.#quotas)),
+      ...this.domains.flatMap((d) => d.status(this.#quotas)),
+    ]);
   }
 
   /**
@@ -111,11 +151,15 @@ export class AccountRegistry {
 
   /** Graceful stop: every pool says QUIT on its idle connections and closes. */
   async stop(): Promise<void> {
-    await Promise.all(this.runtimes.map((r) => r.stop()));
+    await Promise.all([
+      ...this.runtimes.map((r) => r.stop()),
+      ...this.domains.map((d) => d.stop()),
+    ]);
   }
 
   /** Immediate stop: pools close without QUIT. */
   close(): void {
     for (const r of this.runtimes) r.retire(0);
+    for (const d of this.domains) d.retire(0);
   }
 }

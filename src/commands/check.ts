@@ -11,10 +11,14 @@ import { TokenError } from "../tokens/oauth.ts";
 import { FileTokenStore, type RefreshTokenStore } from "../tokens/store.ts";
 import { describeResult, UpstreamPool } from "../upstream/pool.ts";
 import { EXIT_USAGE, loadConfigOrReport, renderTable, UsageError } from "./common.ts";
-import { smtpHint, tokenHint } from "./hints.ts";
+import { appOnlySmtpHint, appOnlyTokenHint, smtpHint, tokenHint } from "./hints.ts";
+import type { DomainConfig } from "../config/load.ts";
+import { appCredential, mailboxAccount } from "../domain_runtime.ts";
+import type { AppGrant } from "../tokens/app_grant.ts";
 
 /** Usage line of this command. */
-export const CHECK_USAGE = "check [--config PATH] [--smtp] [--json] [--concurrency N]";
+export const CHECK_USAGE =
+  "check [--config PATH] [--smtp] [--json] [--concurrency N] [--mailbox ADDRESS ...]";
 
 /** The verdict on one account. */
 export interface AccountCheck {
@@ -22,8 +26,8 @@ export interface AccountCheck {
   readonly account: string;
   /** Provider preset. */
   readonly provider: string;
-  /** Token refresh: "ok" or "failed". */
-  readonly token: "ok" | "failed";
+  /** Token refresh: "ok" or "failed"; "skipped" for a domain with no mailbox to try. */
+  readonly token: "ok" | "failed" | "skipped";
   /** SMTP login: "ok", "failed", or "skipped" (no --smtp, or no token). */
   readonly smtp: "ok" | "failed" | "skipped";
   /** What went wrong (secret-free). */
@@ -32,21 +36,37 @@ export interface AccountCheck {
   readonly hint?: string;
 }
 
-/** Checks one account. */
+/** The app-only side of a check: a domain mailbox's grant and credential type. */
+interface AppOnlyCheck {
+  readonly grant: AppGrant;
+  readonly credential: DomainConfig["credential"]["type"];
+}
+
+/** Checks one account (with `app`: a mailbox of a domain entry). */
 export async function checkAccount(
   config: RelayConfig,
   a: AccountConfig,
   store: RefreshTokenStore,
   smtp: boolean,
+  app?: AppOnlyCheck,
 ): Promise<AccountCheck> {
   const base = { account: a.email, provider: a.provider.kind };
   // One attempt per account: check reports, it does not wait out outages.
-  const tokens = accountTokens({ ...config, tokens: { ...config.tokens, attempts: 1 } }, a, store);
+  const tokens = accountTokens(
+    { ...config, tokens: { ...config.tokens, attempts: 1 } },
+    a,
+    store,
+    undefined,
+    undefined,
+    app?.grant,
+  );
   try {
     await tokens.get();
   } catch (err) {
     const e = err instanceof TokenError ? err : new TokenError(String(err), "transient");
-    const hint = tokenHint(a.provider.kind, e.oauthError, e.message);
+    const hint = app
+      ? appOnlyTokenHint(app.credential, e.oauthError, e.message)
+      : tokenHint(a.provider.kind, e.oauthError, e.message);
     const withCommand = hint?.includes("run authorize")
       ? hint.replace("run authorize", `run \`deno task authorize --account ${a.email}\``)
       : hint;
@@ -61,7 +81,8 @@ export async function checkAccount(
     const r = await pool.verify();
     if (r.kind === "sent") return { ...base, token: "ok", smtp: "ok" };
     const error = describeResult(r);
-    return { ...base, token: "ok", smtp: "failed", error, hint: smtpHint(a.provider.kind, error) };
+    const hint = app ? appOnlySmtpHint(app.credential, error) : smtpHint(a.provider.kind, error);
+    return { ...base, token: "ok", smtp: "failed", error, hint };
   } finally {
     pool.close();
   }
@@ -76,6 +97,7 @@ export async function checkCommand(args: string[]): Promise<number> {
       smtp: { type: "boolean", default: false },
       json: { type: "boolean", default: false },
       concurrency: { type: "string", default: "8" },
+      mailbox: { type: "string", multiple: true, default: [] },
     },
   });
   const concurrency = Number(values.concurrency);
@@ -87,14 +109,15 @@ export async function checkCommand(args: string[]): Promise<number> {
   const config = await loadConfigOrReport(values.config);
   if (!config) return EXIT_USAGE;
   const store = new FileTokenStore(config.stateDir);
-  const results: AccountCheck[] = new Array(config.accounts.length);
-  const progress = progressLine(config.accounts.length);
+  const jobs = checkJobs(config, values.mailbox, store, values.smtp);
+  const results: AccountCheck[] = new Array(jobs.length);
+  const progress = progressLine(jobs.length);
   let next = 0, done = 0;
   await Promise.all(
-    Array.from({ length: Math.min(concurrency, config.accounts.length) }, async () => {
-      while (next < config.accounts.length) {
+    Array.from({ length: Math.min(concurrency, jobs.length) }, async () => {
+      while (next < jobs.length) {
         const i = next++;
-        results[i] = await checkAccount(config, config.accounts[i], store, values.smtp);
+        results[i] = await jobs[i]();
         progress(++done);
       }
     }),
@@ -102,6 +125,63 @@ export async function checkCommand(args: string[]): Promise<number> {
   if (values.json) console.log(JSON.stringify(results, null, 2));
   else console.log(table(results));
   return results.some((r) => r.token === "failed" || r.smtp === "failed") ? 1 : 0;
+}
+
+/**
+ * What to check: every account and each domain entry's configured mailboxes, or, with
+ * `--mailbox`, the named ones only (an account's address, or a mailbox of a domain
+ * entry). A domain with no mailbox to try gets a row that says how to name one.
+ */
+function checkJobs(
+  config: RelayConfig,
+  named: readonly string[],
+  store: RefreshTokenStore,
+  smtp: boolean,
+): (() => Promise<AccountCheck>)[] {
+  const wanted = named.map((m) => m.trim().toLowerCase());
+  const domainOf = (m: string) => config.domains.find((d) => m.endsWith(`@${d.domain}`));
+  for (const m of wanted) {
+    const isAccount = config.accounts.some((a) => a.email.toLowerCase() === m);
+    if (!isAccount && !domainOf(m)) {
+      throw new UsageError(
+        `--mailbox ${m}: neither an account nor a mailbox of a configured domain`,
+      );
+    }
+  }
+  const accounts = wanted.length === 0
+    ? config.accounts
+    : config.accounts.filter((a) => wanted.includes(a.email.toLowerCase()));
+  const jobs = accounts.map((a) => () => checkAccount(config, a, store, smtp));
+  for (const d of config.domains) {
+    const mailboxes = wanted.length > 0
+      ? wanted.filter((m) =>
+        domainOf(m) === d && !accounts.some((a) => a.email.toLowerCase() === m)
+      )
+      : d.mailboxes ?? [];
+    if (mailboxes.length === 0 && wanted.length === 0) {
+      jobs.push(() =>
+        Promise.resolve({
+          account: `*@${d.domain}`,
+          provider: d.provider.kind,
+          token: "skipped" as const,
+          smtp: "skipped" as const,
+          hint: `name mailboxes to try: check --mailbox someone@${d.domain}`,
+        })
+      );
+      continue;
+    }
+    const credential = appCredential(d);
+    for (const m of mailboxes) {
+      const account = mailboxAccount(d, m, d.passwords[m] ?? d.passwordHash ?? "");
+      jobs.push(() =>
+        checkAccount(config, account, store, smtp, {
+          grant: credential.grantFor(m),
+          credential: d.credential.type,
+        })
+      );
+    }
+  }
+  return jobs;
 }
 
 /** Progress on stderr for long lists: in place on a terminal, every 10% otherwise. */

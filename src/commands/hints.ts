@@ -19,12 +19,15 @@ const AADSTS: Record<string, string> = {
   "90002": "tenant not found: check the tenant id or domain",
   "700016": "application not found in this tenant: check clientId and tenant",
   "700024": "client assertion is not within its valid time range: check the server clock",
+  "700027": "the certificate is not registered with the app, or the private key is not " +
+    "its key: upload the certificate (public part) under Certificates & secrets",
   "700025": "the app is a public client: remove clientSecret from this account",
   "700082": "the refresh token expired after 90 days unused: run authorize again",
   "7000215": "invalid client secret: check clientSecret (it may have expired in Azure)",
   "7000218": "public client flows are disabled: enable 'Allow public client flows' " +
     "in the app registration, or configure a clientSecret",
   "9002313": "the request is malformed: check tenant, clientId and scope",
+  "1002012": "client credentials need a scope ending in /.default",
 };
 
 /** A hint for a token failure, given the provider kind and the error text. */
@@ -68,4 +71,69 @@ export function smtpHint(provider: string, reply: string) {
     return "SMTP server unreachable: check host, port, firewall and --allow-net";
   }
   return undefined;
+}
+
+/** Which app-only credential a domain entry uses. */
+export type AppCredentialType = "serviceAccount" | "clientSecret" | "certificate";
+
+/**
+ * A hint for a token failure of a domain entry's app-only credential: invalid secret or
+ * certificate, consent or delegation missing, a mailbox the tenant does not know.
+ */
+export function appOnlyTokenHint(
+  credential: AppCredentialType,
+  oauthError: string | undefined,
+  message: string,
+): string | undefined {
+  const aad = message.match(/AADSTS(\d+)/);
+  if (aad?.[1] === "65001") {
+    return "AADSTS65001: admin consent missing: grant admin consent for the application " +
+      "permission SMTP.SendAsApp (Office 365 Exchange Online)";
+  }
+  if (aad && AADSTS[aad[1]]) return `AADSTS${aad[1]}: ${AADSTS[aad[1]]}`;
+  if (credential === "serviceAccount") {
+    if (oauthError === "unauthorized_client") {
+      return "domain-wide delegation missing: in the Admin console (Security > Access and data " +
+        "control > API controls > Domain-wide delegation) add the service account's client " +
+        "id with the scope https://mail.google.com/";
+    }
+    if (/Invalid email or User ID/i.test(message)) {
+      return "no such user in the Workspace domain (or outside the delegated domain): check " +
+        "the mailbox address";
+    }
+    if (/Signature/i.test(message)) {
+      return "the key is not a current key of the service account: create a new JSON key " +
+        "and configure it";
+    }
+    if (/iat|exp|short-lived|timeframe/i.test(message)) {
+      return "the assertion's times were refused: check the server clock (NTP)";
+    }
+    if (oauthError === "invalid_grant") {
+      return "the JWT was refused: check the key file and that the mailbox exists";
+    }
+  }
+  if (oauthError === "invalid_client") {
+    return credential === "certificate"
+      ? "the client assertion was refused: check clientId, the certificate and its key"
+      : "the client secret is wrong or expired: create a new one under Certificates & secrets";
+  }
+  if (oauthError === "unauthorized_client") {
+    return "this app may not use client credentials here: check the client id and tenant";
+  }
+  if (oauthError === "invalid_scope") return "scope refused: check the provider preset";
+  return tokenHint("", undefined, message);
+}
+
+/** A hint for an SMTP failure of a domain mailbox (app-only token). */
+export function appOnlySmtpHint(credential: AppCredentialType, reply: string): string | undefined {
+  if (/5\.7\.3\b/.test(reply)) {
+    return "the app may not send as this mailbox: register its service principal " +
+      "(New-ServicePrincipal) and give it the mailbox (Add-MailboxPermission … -AccessRights " +
+      "FullAccess), and check admin consent for SMTP.SendAsApp";
+  }
+  if (/^535/.test(reply) && credential === "serviceAccount") {
+    return "token not accepted: the delegation must grant https://mail.google.com/ and the " +
+      "mailbox must have Gmail enabled";
+  }
+  return smtpHint(credential === "serviceAccount" ? "google" : "microsoft", reply);
 }

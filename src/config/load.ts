@@ -17,6 +17,9 @@ import {
 } from "./providers.ts";
 import type { QuotaLimits } from "../quota/quota.ts";
 import { SANDBOX_CA_PEM } from "../sandbox/ca.ts";
+import { type DomainConfig, resolveDomain } from "./domains.ts";
+
+export type { DomainConfig } from "./domains.ts";
 
 /** One validated account with its provider resolved. */
 export interface AccountConfig {
@@ -48,9 +51,11 @@ export interface AccountConfig {
 }
 
 /** A validated config: defaults applied, secrets resolved, presets expanded. */
-export interface RelayConfig extends Omit<ParsedConfig, "accounts"> {
+export interface RelayConfig extends Omit<ParsedConfig, "accounts" | "domains"> {
   /** The accounts, in config order. */
   readonly accounts: readonly AccountConfig[];
+  /** Domain entries (app-only credentials), in config order. */
+  readonly domains: readonly DomainConfig[];
 }
 
 /** A config that cannot be used; `problems` has one line per field at fault. */
@@ -130,7 +135,11 @@ export function parseConfig(input: unknown): RelayConfig {
 }
 
 function resolveConfig(parsed: ParsedConfig): RelayConfig {
-  return { ...parsed, accounts: parsed.accounts.map(resolveAccount) };
+  return {
+    ...parsed,
+    accounts: parsed.accounts.map(resolveAccount),
+    domains: parsed.domains.map((d) => resolveDomain(d, resolveProvider(d.provider))),
+  };
 }
 
 function resolveAccount(a: ParsedAccount): AccountConfig {

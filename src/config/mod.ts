@@ -19,4 +19,4 @@
  * @module
  */
 export { defineConfig, env } from "./schema.ts";
-export type { AccountInput, EnvRef, RelayConfigInput, Secret } from "./schema.ts";
+export type { AccountInput, DomainInput, EnvRef, RelayConfigInput, Secret } from "./schema.ts";

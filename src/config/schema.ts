@@ -7,6 +7,8 @@ import { isIPv4 } from "node:net";
 import { z } from "zod";
 import { DEFAULTS } from "./defaults.ts";
 import { isCidr, isIpAddress } from "../ingress/network.ts";
+import { certificateThumbprint, keyMatchesCertificate, rsaPrivateKeyDer } from "../tokens/jwt.ts";
+import { parseServiceAccountKey } from "../tokens/service_account.ts";
 
 /** A reference to an environment variable holding a secret; see {@link env}. */
 export interface EnvRef {
@@ -142,6 +144,19 @@ const provider = z.preprocess(
   }),
 );
 
+const passwordHash = z.string({ error: "expected a hash from `deno task hash-password`" }).regex(
+  /^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/,
+  "expected a hash from `deno task hash-password` (scrypt$N$r$p$salt$hash)",
+);
+
+const quotaShape = z.object({
+  messagesPerDay: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)").optional(),
+  recipientsPerDay: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)")
+    .optional(),
+  messagesPerMinute: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)")
+    .optional(),
+}).strict();
+
 const account = z.object({
   /** The mailbox: XOAUTH2 user upstream and the username clients log in with. */
   email: z.email("expected an email address"),
@@ -157,10 +172,7 @@ const account = z.object({
    */
   refreshToken: secret.optional(),
   /** Hash of the password SMTP clients use, from `deno task hash-password`. */
-  passwordHash: z.string({ error: "expected a hash from `deno task hash-password`" }).regex(
-    /^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/,
-    "expected a hash from `deno task hash-password` (scrypt$N$r$p$salt$hash)",
-  ),
+  passwordHash,
   /** Cap on concurrent upstream connections for this account (provider default otherwise). */
   maxConnections: positiveInt.optional(),
   /** Other MAIL FROM addresses this account may use (Gmail "send as" aliases). */
@@ -171,19 +183,222 @@ const account = z.object({
    */
   senders: z.enum(["own", "any"], { error: "expected 'own' or 'any'" }).default("own"),
   /** Overrides of the provider's quotas (0: no limit). */
-  quota: z.object({
-    messagesPerDay: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)").optional(),
-    recipientsPerDay: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)")
-      .optional(),
-    messagesPerMinute: z.int("expected an integer").min(0, "expected >= 0 (0: no limit)")
-      .optional(),
-  }).strict().optional(),
+  quota: quotaShape.optional(),
   /**
    * Local IP address this account's upstream connections come from (one IP per sender
    * keeps reputations apart). Needs `--allow-net=<address>:0`. Never silently replaced.
    */
   sourceAddress: z.string().refine(isIpAddress, "expected a local IP address").optional(),
 }).strict();
+
+/** Reads a file named in the config; an issue names the path and why, never content. */
+function readConfigFile(
+  path: string,
+  field: string,
+  ctx: z.core.$RefinementCtx<unknown>,
+): string | undefined {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (err) {
+    const why = err instanceof Deno.errors.NotFound
+      ? "no such file"
+      : err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied
+      ? `not readable under the relay's permissions (start it with --allow-read=${path})`
+      : err instanceof Deno.errors.IsADirectory
+      ? "a directory, expected a file"
+      : (err as Error).name;
+    ctx.addIssue({
+      code: "custom",
+      input: path,
+      path: [field],
+      message: `cannot read ${path}: ${why}`,
+    });
+    return undefined;
+  }
+}
+
+/**
+ * The app-only credential of a domain entry:
+ * - `{ type: "serviceAccount", keyFile }` or `{ type: "serviceAccount", key: env(...) }`:
+ *   a Google service account's JSON key file (its path, or its content in a variable);
+ * - `{ type: "clientSecret", clientId, clientSecret }`: a Microsoft app's secret;
+ * - `{ type: "certificate", clientId, certificateFile, privateKeyFile | privateKey }`: a
+ *   Microsoft app's certificate (PEM) and its private key (PEM file or variable).
+ */
+const appCredential = z.discriminatedUnion("type", [
+  z.object({
+    type: z.literal("serviceAccount"),
+    keyFile: text("expected the path of the service account's JSON key file").optional(),
+    key: secret.optional(),
+  }).strict().transform((c, ctx) => {
+    if ((c.keyFile === undefined) === (c.key === undefined)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["keyFile"],
+        message: "expected keyFile (a path) or key (the file's content, from env), one of them",
+      });
+      return z.NEVER;
+    }
+    const content = c.keyFile !== undefined ? readConfigFile(c.keyFile, "keyFile", ctx) : c.key;
+    if (content === undefined) return z.NEVER;
+    try {
+      return { type: "serviceAccount" as const, key: parseServiceAccountKey(content) };
+    } catch (err) {
+      ctx.addIssue({
+        code: "custom",
+        path: [c.keyFile !== undefined ? "keyFile" : "key"],
+        message: `not a usable service account key: ${(err as Error).message}`,
+      });
+      return z.NEVER;
+    }
+  }),
+  z.object({
+    type: z.literal("clientSecret"),
+    clientId: text("expected the application (client) id"),
+    clientSecret: secret,
+  }).strict(),
+  z.object({
+    type: z.literal("certificate"),
+    clientId: text("expected the application (client) id"),
+    certificateFile: text("expected the path of the app's certificate (PEM)"),
+    privateKeyFile: text("expected the path of the certificate's private key (PEM)").optional(),
+    privateKey: secret.optional(),
+  }).strict().transform((c, ctx) => {
+    if ((c.privateKeyFile === undefined) === (c.privateKey === undefined)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["privateKeyFile"],
+        message: "expected privateKeyFile (a path) or privateKey (PEM, from env), one of them",
+      });
+      return z.NEVER;
+    }
+    const cert = readConfigFile(c.certificateFile, "certificateFile", ctx);
+    const key = c.privateKeyFile !== undefined
+      ? readConfigFile(c.privateKeyFile, "privateKeyFile", ctx)
+      : c.privateKey;
+    if (cert === undefined || key === undefined) return z.NEVER;
+    const keyField = c.privateKeyFile !== undefined ? "privateKeyFile" : "privateKey";
+    let thumb;
+    try {
+      thumb = certificateThumbprint(cert);
+    } catch (err) {
+      ctx.addIssue({ code: "custom", path: ["certificateFile"], message: (err as Error).message });
+      return z.NEVER;
+    }
+    try {
+      rsaPrivateKeyDer(key);
+    } catch (err) {
+      ctx.addIssue({ code: "custom", path: [keyField], message: (err as Error).message });
+      return z.NEVER;
+    }
+    if (!keyMatchesCertificate(key, cert)) {
+      ctx.addIssue({
+        code: "custom",
+        path: [keyField],
+        message: "the private key does not belong to certificateFile",
+      });
+      return z.NEVER;
+    }
+    if (thumb.notAfter <= Date.now()) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["certificateFile"],
+        message: `the certificate expired on ${new Date(thumb.notAfter).toISOString()}`,
+      });
+      return z.NEVER;
+    }
+    return {
+      type: "certificate" as const,
+      clientId: c.clientId,
+      certificateFile: c.certificateFile,
+      privateKey: key,
+      x5t: thumb.x5t,
+      notAfter: thumb.notAfter,
+    };
+  }),
+], { error: "expected { type: 'serviceAccount' | 'clientSecret' | 'certificate', ... }" });
+
+/**
+ * Every mailbox of a domain through one app-only credential (see `domain.ts`): a Google
+ * service account with domain-wide delegation, or a Microsoft app with client
+ * credentials (secret or certificate). Key and certificate files are read at load.
+ */
+const domainEntry = z.object({
+  /** The mail domain, e.g. `example.com`. */
+  domain: z.string({ error: "expected a domain name" }).regex(
+    /^[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}$/i,
+    "expected a domain name such as example.com",
+  ),
+  /** `google`, `{ type: "microsoft", tenant }`, `sandbox` or `custom`. */
+  provider,
+  /** The app-only credential; see {@link appCredential}. */
+  credential: appCredential,
+  /** One client password for every mailbox of the domain (a hash). */
+  passwordHash: passwordHash.optional(),
+  /** Client passwords per mailbox (address or local part → hash); they win over passwordHash. */
+  passwords: z.record(z.string(), passwordHash, "expected { mailbox: hash, ... }").optional(),
+  /** Only these mailboxes may log in (and `check` tries them); default: any of the domain. */
+  mailboxes: addressList.optional(),
+  /** `own` (default): MAIL FROM must be the mailbox; `any`: any sender. */
+  senders: z.enum(["own", "any"], { error: "expected 'own' or 'any'" }).default("own"),
+  /** Cap on concurrent upstream connections per mailbox (provider default otherwise). */
+  maxConnections: positiveInt.optional(),
+  /** Quotas per mailbox, overriding the provider's (0: no limit). */
+  quota: quotaShape.optional(),
+  /** Local IP address of upstream connections. */
+  sourceAddress: z.string().refine(isIpAddress, "expected a local IP address").optional(),
+  /** A mailbox's state (token, pool) is dropped after this long unused (default 600). */
+  idleSeconds: positiveInt.default(600),
+}).strict().superRefine((d, ctx) => {
+  const domain = d.domain.toLowerCase();
+  const inDomain = (a: string) => a.toLowerCase().endsWith(`@${domain}`);
+  if (d.passwordHash === undefined && d.passwords === undefined) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["passwordHash"],
+      message: "expected passwordHash (one password for the domain) or passwords (per mailbox)",
+    });
+  }
+  for (const key of Object.keys(d.passwords ?? {})) {
+    if (key.includes("@") ? !inDomain(key) : !/^[^\s@]+$/.test(key)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["passwords", key],
+        message: `expected a mailbox of ${domain} or its local part`,
+      });
+    }
+  }
+  d.mailboxes?.forEach((m, i) => {
+    if (!inDomain(m)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["mailboxes", i],
+        message: `expected a mailbox of ${domain}`,
+      });
+    }
+  });
+  const type = d.provider.type;
+  const kind = d.credential.type;
+  if (type === "outlook") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["provider"],
+      message: "Outlook.com has no app-only credentials: use { type: 'microsoft', tenant }",
+    });
+  } else if (type === "google" && kind !== "serviceAccount") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["credential", "type"],
+      message: "expected 'serviceAccount' for Google (client credentials are Microsoft's)",
+    });
+  } else if (type === "microsoft" && kind === "serviceAccount") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["credential", "type"],
+      message: "expected 'clientSecret' or 'certificate' for Microsoft",
+    });
+  }
+});
 
 const listenerExtras = {
   /** Clients from these networks may send without AUTH; the account is chosen by MAIL FROM. */
@@ -290,11 +505,29 @@ export const configSchema = z.object({
       .default(DEFAULTS.tokenFailureHoldSeconds),
   }).strict().prefault({}),
   /** The accounts the relay sends for. */
-  accounts: z.array(account, "expected an array of accounts").min(
-    1,
-    "expected at least one account",
-  ),
+  accounts: z.array(account, "expected an array of accounts").default([]),
+  /** Domains whose mailboxes send through one app-only credential each. */
+  domains: z.array(domainEntry, "expected an array of domain entries").default([]),
 }).strict().superRefine((config, ctx) => {
+  if (config.accounts.length === 0 && config.domains.length === 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["accounts"],
+      message: "expected at least one account (or a domain entry in domains)",
+    });
+  }
+  const domains = new Map<string, number>();
+  config.domains.forEach((d, i) => {
+    const key = d.domain.toLowerCase();
+    const first = domains.get(key);
+    if (first !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["domains", i, "domain"],
+        message: `expected a unique domain, ${d.domain} is also domains[${first}]`,
+      });
+    } else domains.set(key, i);
+  });
   if (config.smtps && !config.tls) {
     ctx.addIssue({
       code: "custom",
@@ -340,11 +573,15 @@ export const configSchema = z.object({
 /** What `accounts.ts` default-exports (before defaults are applied). */
 export type RelayConfigInput = z.input<typeof configSchema>;
 /** One account as written in `accounts.ts`. */
-export type AccountInput = RelayConfigInput["accounts"][number];
+export type AccountInput = NonNullable<RelayConfigInput["accounts"]>[number];
 /** A validated config with defaults applied and secrets resolved. */
 export type ParsedConfig = z.output<typeof configSchema>;
 /** A validated account. */
 export type ParsedAccount = ParsedConfig["accounts"][number];
+/** One domain entry as written in `accounts.ts`. */
+export type DomainInput = NonNullable<RelayConfigInput["domains"]>[number];
+/** A validated domain entry (credential files read). */
+export type ParsedDomain = ParsedConfig["domains"][number];
 
 /**
  * Identity function that gives `accounts.ts` its types, so `deno check accounts.ts`

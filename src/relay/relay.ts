@@ -80,6 +80,11 @@ export interface RelayOptions {
    * {@link DEFAULT_DELIVERY_TIMEOUT_MS}); see {@link Relay.deliver}.
    */
   readonly deliveryTimeoutMs?: number;
+  /**
+   * Accounts beyond the configured ones: the mailboxes of domain entries (app-only
+   * credentials), looked up by lower-cased address when no configured account matches.
+   */
+  readonly resolve?: (address: string) => RelayAccount | undefined;
 }
 
 /** Default of {@link RelayOptions.deliveryTimeoutMs}: the config's default. */
@@ -136,6 +141,9 @@ export class Relay implements Backend {
   readonly #inflight = new Set<AbortController>();
   /** Past the shutdown deadline: a message that arrives now is given up at once. */
   #abandoning = false;
+  readonly #resolve?: (address: string) => RelayAccount | undefined;
+  /** Entries of resolved accounts, kept while the account object lives. */
+  readonly #resolved = new WeakMap<RelayAccount, Entry>();
 
   /**
    * `accounts` must have unique addresses and aliases (the config loader checks);
@@ -151,6 +159,7 @@ export class Relay implements Backend {
     this.#name = options.name;
     this.#quotas = options.quotas;
     this.#deliveryTimeoutMs = options.deliveryTimeoutMs ?? DEFAULT_DELIVERY_TIMEOUT_MS;
+    this.#resolve = options.resolve;
     this.update(accounts, senderDomains);
   }
 
@@ -221,7 +230,7 @@ export class Relay implements Backend {
     const address = from.toLowerCase();
     if (loggedIn !== undefined) {
       // The account as configured now (a reload may have changed or removed it).
-      const entry = this.#accounts.get(loggedIn);
+      const entry = this.#entry(loggedIn);
       if (!entry) return reply(550, "5.7.1", `Account ${loggedIn} is no longer configured`);
       if (address === "" || entry.account.senders === "any" || entry.senders.has(address)) {
         return entry;
@@ -236,13 +245,32 @@ export class Relay implements Backend {
     return entry ?? reply(550, "5.7.1", `Sender <${from}> is not configured for relaying`);
   }
 
+  /** A configured account, else a resolved one (a mailbox of a domain entry). */
+  #entry(name: string): Entry | undefined {
+    const configured = this.#accounts.get(name);
+    if (configured || !this.#resolve) return configured;
+    const account = this.#resolve(name);
+    if (!account) return undefined;
+    let entry = this.#resolved.get(account);
+    if (!entry) {
+      entry = {
+        name: account.email,
+        account,
+        senders: new Set([account.email.toLowerCase()]),
+        verifier: new PasswordVerifier(account.passwordHash),
+      };
+      this.#resolved.set(account, entry);
+    }
+    return entry;
+  }
+
   /**
    * Same answer, same cost, for an unknown user and a wrong password. Failures are
    * logged with the client address (for fail2ban); the username only when it is a
    * configured account, since clients do send passwords in the username field.
    */
   async authenticate(username: string, password: string, peer: Peer): Promise<Entry | undefined> {
-    const entry = this.#accounts.get(username.trim().toLowerCase());
+    const entry = this.#entry(username.trim().toLowerCase());
     if (!entry) {
       await verifyNobody(password);
       authLog.info("authentication failed for an unknown user from {ip}", { ip: peer.address });
@@ -539,6 +567,18 @@ function tokenFailure(err: unknown): Outcome {
         454,
         "4.7.0",
         "Account needs repair by the relay operator (its stored token file is unreadable)",
+      ),
+      refusedRecipients: [],
+    };
+  }
+  // A domain entry's app-only credential refused (tokens/app_grant.ts AppCredentialError).
+  if (err instanceof TokenError && err.name === "AppCredentialError") {
+    return {
+      result: "token_error",
+      reply: reply(
+        454,
+        "4.7.0",
+        clipReply(`The provider refused the relay's credential for this mailbox (${message})`),
       ),
       refusedRecipients: [],
     };

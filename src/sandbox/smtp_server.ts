@@ -48,6 +48,11 @@ class HookedServer extends SMTPServer {
 export interface AccessTokenValidator {
   /** True if `token` is a live access token issued for `email`. */
   validateAccessToken(email: string, token: string): boolean;
+  /**
+   * The reply for a live `token` used for a mailbox it may not send as (`535 5.7.3`,
+   * `535 5.7.139`), or undefined; see the token endpoint's app-only grants.
+   */
+  mailboxVerdict?(email: string, token: string): string | undefined;
 }
 
 /** A message the sandbox accepted. */
@@ -289,6 +294,14 @@ export class SandboxSmtpServer {
     if (!session.secure) {
       this.stats.authFailures++;
       return callback(replyError(NEEDS_STARTTLS));
+    }
+    // The mailbox allowlist of app-only credentials, and SMTP AUTH switched off.
+    const verdict = auth.method === "XOAUTH2"
+      ? this.#tokens.mailboxVerdict?.(user, auth.accessToken ?? "")
+      : undefined;
+    if (verdict) {
+      this.stats.authFailures++;
+      return callback(replyError(verdict));
     }
     let valid = auth.method === "XOAUTH2" &&
       this.#tokens.validateAccessToken(user, auth.accessToken ?? "");

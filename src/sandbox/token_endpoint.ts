@@ -13,6 +13,10 @@
  *   account named by `login_hint` (or {@link TokenEndpoint.authorizeAs}) and redirects
  *   (302) to a loopback `redirect_uri` with `code`, `state` and `iss` (RFC 9207).
  *
+ * - `POST /token` also answers the app-only grants ({@link TokenEndpoint.appOnly}, see
+ *   `app_only.ts`): Google's JWT bearer grant for service accounts and Microsoft's
+ *   client credentials grant (secret or certificate).
+ *
  * Refresh tokens rotate on every use like Microsoft's, unless
  * {@link TokenEndpoint.rotateRefreshTokens} is false. A refresh token issued by the
  * device-code or authorization-code grant replaces the account's current one (the old
@@ -25,6 +29,7 @@
 
 import { Buffer } from "node:buffer";
 import { createHash, randomBytes, randomInt, timingSafeEqual } from "node:crypto";
+import { AppOnlyGrants, type AppTokenOwner } from "./app_only.ts";
 
 /** An account the sandbox provider knows, with its current refresh token. */
 export interface SandboxAccount {
@@ -121,6 +126,8 @@ function noFaults(): TokenEndpointFaults {
 interface IssuedToken {
   email: string;
   expiresAt: number;
+  /** For tokens of the app-only grants: whom it was issued to. */
+  owner?: AppTokenOwner;
 }
 
 interface DeviceGrant {
@@ -274,6 +281,8 @@ export class TokenEndpoint {
   authorizeAs?: string;
   /** Make `GET /authorize` redirect with `error=access_denied` (the user said no). */
   denyAuthorizations = false;
+  /** Service accounts and app registrations (the app-only grants); see `app_only.ts`. */
+  readonly appOnly: AppOnlyGrants;
 
   readonly #accounts = new Map<string, SandboxAccount>();
   readonly #byRefreshToken = new Map<string, string>();
@@ -305,6 +314,7 @@ export class TokenEndpoint {
     this.url = `${this.issuer}/token`;
     this.authorizeUrl = `${this.issuer}/authorize`;
     this.deviceCodeUrl = `${this.issuer}/devicecode`;
+    this.appOnly = new AppOnlyGrants(this.url);
   }
 
   /** Starts listening on 127.0.0.1 (needs `--allow-net=127.0.0.1`). */
@@ -340,8 +350,19 @@ export class TokenEndpoint {
   validateAccessToken(email: string, token: string): boolean {
     const issued = this.#accessTokens.get(token);
     return issued !== undefined &&
-      issued.email === email.toLowerCase() &&
+      (issued.owner?.kind === "app" || issued.email === email.toLowerCase()) &&
       Date.now() < issued.expiresAt;
+  }
+
+  /**
+   * The provider's SMTP answer when a live `token` is used for `email` and the mailbox
+   * may not send with it (`535 5.7.3`: an app token without the mailbox permission or
+   * admin consent; `535 5.7.139`: SMTP AUTH off for the mailbox); undefined otherwise.
+   */
+  mailboxVerdict(email: string, token: string): string | undefined {
+    const issued = this.#accessTokens.get(token);
+    if (!issued || Date.now() >= issued.expiresAt) return undefined;
+    return this.appOnly.mailboxVerdict(email, issued.owner);
   }
 
   /**
@@ -445,6 +466,9 @@ export class TokenEndpoint {
       return oauthError(400, "invalid_request", "Unreadable request body");
     }
     const authorization = req.headers.get("authorization");
+    if (url.pathname === "/token" && this.appOnly.handles(params.get("grant_type"))) {
+      return await this.#appOnlyGrant(params, authorization);
+    }
     return url.pathname === "/token"
       ? this.#dispatch(params, authorization)
       : this.#authenticated(params, authorization, (client) => this.#deviceAuthorize(client));
@@ -756,7 +780,22 @@ export class TokenEndpoint {
     });
   }
 
-  #issueAccessToken(email: string): string {
+  /** The JWT bearer and client credentials grants: decided by {@link appOnly}. */
+  async #appOnlyGrant(params: URLSearchParams, authorization: string | null): Promise<Response> {
+    const verdict = await this.appOnly.decide(params, authorization);
+    if (!("owner" in verdict)) {
+      return oauthError(verdict.status, verdict.error, verdict.description);
+    }
+    const owner = verdict.owner;
+    const token = this.#issueAccessToken(owner.kind === "mailbox" ? owner.email : "", owner);
+    return json(200, {
+      access_token: token,
+      token_type: "Bearer",
+      expires_in: Math.max(0, Math.round(this.accessTokenTtlSeconds)),
+    });
+  }
+
+  #issueAccessToken(email: string, owner?: AppTokenOwner): string {
     const now = Date.now();
     for (const [token, issued] of this.#accessTokens) {
       if (issued.expiresAt <= now) this.#accessTokens.delete(token);
@@ -765,6 +804,7 @@ export class TokenEndpoint {
     this.#accessTokens.set(token, {
       email,
       expiresAt: now + this.accessTokenTtlSeconds * 1000,
+      ...(owner ? { owner } : {}),
     });
     return token;
   }

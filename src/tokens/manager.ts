@@ -33,6 +33,7 @@ import {
   TokenTimeoutError,
 } from "./oauth.ts";
 import type { RefreshTokenStore, StoredToken } from "./store.ts";
+import type { AppGrant } from "./app_grant.ts";
 
 /** A bearer token and the time it stops being handed out (ms since the epoch). */
 export interface AccessToken {
@@ -155,6 +156,11 @@ export interface AccountTokensOptions {
   readonly client: OAuthClient;
   /** The refresh token written in the config, if any. */
   readonly configRefreshToken?: string;
+  /**
+   * App-only credential (service account, client credentials): each refresh runs this
+   * grant instead of the refresh grant, and no refresh token is read or stored.
+   */
+  readonly grant?: AppGrant;
   /** Where rotated refresh tokens go (compare-and-set: a newer stored token wins). */
   readonly store: RefreshTokenStore;
   /** Where access tokens are cached (default: this manager's memory). */
@@ -245,6 +251,9 @@ interface HeldToken {
   readonly token: string;
   readonly seen: ExpectedVersion;
 }
+
+/** What an app-only account "holds": no refresh token (its grants never rotate one). */
+const APP_ONLY: HeldToken = { token: "", seen: "absent" };
 
 /** Compare-and-set rounds when what is stored belongs to another config token. */
 const CAS_ROUNDS = 3;
@@ -359,7 +368,7 @@ export class AccountTokens {
    */
   async inspect(): Promise<void> {
     const idle = () => this.#state === "unknown" && !this.#held && this.#running === 0;
-    if (!idle()) return;
+    if (!idle() || this.#o.grant) return;
     try {
       await this.#o.store.load(this.#o.account);
     } catch (err) {
@@ -458,18 +467,21 @@ export class AccountTokens {
       if (previous === "needs_reauth" && this.#lastError?.oauthError === "invalid_grant") {
         this.#held = undefined;
       }
-      let held = await this.#refreshTokenToUse();
+      let held = o.grant ? APP_ONLY : await this.#refreshTokenToUse();
       while (true) {
         attempts++;
         try {
           const now = () => this.#timing.now();
-          const grant = await refreshAccessToken(o.client, held.token, o.timeoutMs, now);
+          const grant = o.grant
+            ? await o.grant(o.timeoutMs, now)
+            : await refreshAccessToken(o.client, held.token, o.timeoutMs, now);
           return await this.#accept(grant, held, { attempts, background, previous, probe });
         } catch (err) {
           const error = toTokenError(err);
           // A single invalid_grant can be a provider hiccup, or `authorize` stored a new
           // token meanwhile: one more try, with the stored token, before the verdict.
-          const retryGrant: boolean = error.oauthError === "invalid_grant" && !invalidGrantRetried;
+          const retryGrant: boolean = error.oauthError === "invalid_grant" &&
+            !invalidGrantRetried && !o.grant;
           if (error.kind === "permanent" && !retryGrant) throw error;
           // A call that hung is not repeated: the held failure answers the next callers.
           if (error instanceof TokenTimeoutError) throw error;
@@ -568,7 +580,8 @@ export class AccountTokens {
     r: { attempts: number; background: boolean; previous: TokenState; probe: boolean },
   ): Promise<AccessToken> {
     const o = this.#o;
-    const rotated = grant.refreshToken !== undefined && grant.refreshToken !== used.token;
+    const rotated = !o.grant && grant.refreshToken !== undefined &&
+      grant.refreshToken !== used.token;
     let persistError: string | undefined;
     let adopted = false;
     if (rotated) {

@@ -88,23 +88,54 @@ const PERMANENT = new Set([
  * Runs one refresh_token grant, aborted after `timeoutMs`. `now` is the clock the grant's
  * `expiresAt` (and an HTTP-date Retry-After) is measured on.
  */
-export async function refreshAccessToken(
+export function refreshAccessToken(
   client: OAuthClient,
   refreshToken: string,
   timeoutMs: number,
   now: () => number = Date.now,
 ): Promise<TokenGrant> {
-  const url = new URL(client.tokenUrl);
-  const as: oauth.AuthorizationServer = { issuer: url.origin, token_endpoint: url.href };
-  const c: oauth.Client = { client_id: client.clientId };
   const auth = client.clientSecret ? oauth.ClientSecretPost(client.clientSecret) : oauth.None();
+  return tokenEndpointGrant(
+    client.tokenUrl,
+    client.clientId,
+    (as, c, options) =>
+      oauth.refreshTokenGrantRequest(as, c, auth, refreshToken, {
+        ...options,
+        additionalParameters: { scope: client.scope },
+      }),
+    timeoutMs,
+    now,
+  );
+}
+
+/** Options a grant request gets from {@link tokenEndpointGrant}: timeout, bounded fetch. */
+export type GrantRequestOptions = oauth.TokenEndpointRequestOptions;
+
+/**
+ * Runs one token request built by `request` (any grant oauth4webapi can send), aborted
+ * after `timeoutMs`, and reads the answer as the refresh grant does: the same
+ * {@link TokenError}s, Retry-After and size limit. Used by the app-only grants.
+ */
+export async function tokenEndpointGrant(
+  tokenUrl: string,
+  clientId: string,
+  request: (
+    as: oauth.AuthorizationServer,
+    client: oauth.Client,
+    options: GrantRequestOptions,
+  ) => Promise<Response>,
+  timeoutMs: number,
+  now: () => number = Date.now,
+): Promise<TokenGrant> {
+  const url = new URL(tokenUrl);
+  const as: oauth.AuthorizationServer = { issuer: url.origin, token_endpoint: url.href };
+  const c: oauth.Client = { client_id: clientId };
   const signal = AbortSignal.timeout(timeoutMs);
   const started = now();
   let seen: { status: number; retryAfterMs?: number } | undefined;
   try {
-    const response = await oauth.refreshTokenGrantRequest(as, c, auth, refreshToken, {
+    const response = await request(as, c, {
       signal,
-      additionalParameters: { scope: client.scope },
       [oauth.allowInsecureRequests]: url.protocol === "http:",
       [oauth.customFetch]: async (input, init) => {
         const r = await boundedFetch(input, init);
@@ -112,7 +143,7 @@ export async function refreshAccessToken(
         return r;
       },
     });
-    const body = await oauth.processRefreshTokenResponse(as, c, response);
+    const body = await oauth.processGenericTokenEndpointResponse(as, c, response);
     const lifetime = typeof body.expires_in === "number" && body.expires_in > 0
       ? body.expires_in
       : DEFAULT_LIFETIME_SECONDS;
