@@ -50,9 +50,16 @@ export function configArg(args: readonly string[]): string {
   return "./accounts.ts";
 }
 
-/** The flags that let the permissions command load the config: that file, `RELAY_*`. */
-function loaderFlags(config: string): string[] {
-  return ["--no-prompt", `--allow-read=${resolve(config)}`, "--allow-env=RELAY_*"];
+/**
+ * The flags that let the permissions command load the config: that file, `RELAY_*`, and
+ * the files the config names (key files) once a first probe has named them.
+ */
+function loaderFlags(config: string, files: readonly string[] = []): string[] {
+  return [
+    "--no-prompt",
+    `--allow-read=${[resolve(config), ...files].join(",")}`,
+    "--allow-env=RELAY_*",
+  ];
 }
 
 /**
@@ -65,25 +72,38 @@ export async function derivePermissions(
   rest: readonly string[],
 ): Promise<PermissionSet | number> {
   if (NONE.has(command) || rest.includes("--help") || rest.includes("-h")) return NO_PERMISSIONS;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      ...loaderFlags(configArg(rest)),
-      MAIN,
-      "permissions",
-      "--format",
-      "json",
-      "--strict",
-      "--command",
-      command,
-      ...rest,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) return out.code || 1;
-  return JSON.parse(new TextDecoder().decode(out.stdout)) as PermissionSet;
+  let files: readonly string[] = [];
+  // The first probe reads the config alone; if it names files (credential keys), the
+  // second reads those too. A third answer asking for more is a config that changes
+  // between loads: an error.
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        ...loaderFlags(configArg(rest), files),
+        MAIN,
+        "permissions",
+        "--format",
+        "json",
+        "--strict",
+        "--probe",
+        "--command",
+        command,
+        ...rest,
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    if (!out.success) return out.code || 1;
+    const answer = JSON.parse(new TextDecoder().decode(out.stdout)) as
+      | PermissionSet
+      | { needRead: string[] };
+    if (!("needRead" in answer)) return answer;
+    files = [...files, ...answer.needRead];
+  }
+  console.error(`${configArg(rest)}: the files it names changed while it was loaded twice`);
+  return 2;
 }
 
 /** Runs `deno <args>` with stdio inherited, forwarding signals; resolves to its status. */
@@ -127,6 +147,31 @@ export function compileArgs(set: PermissionSet, output = COMPILE_OUTPUT): string
   return ["compile", ...permissionFlags(set), "--output", output, MAIN];
 }
 
+/**
+ * `permissions …`: the permissions command, allowed to read the config alone, then once
+ * more with the files the config names (key files) if it asked for them.
+ */
+async function printPermissions(args: readonly string[], config: string): Promise<number> {
+  let files: readonly string[] = [];
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", ...loaderFlags(config, files), MAIN, ...args, "--probe"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    if (out.success && text.startsWith('{"needRead":')) {
+      files = [...files, ...(JSON.parse(text) as { needRead: string[] }).needRead];
+      continue;
+    }
+    await Deno.stdout.write(out.stdout);
+    return out.code;
+  }
+  console.error(`${config}: the files it names changed while it was loaded twice`);
+  return 2;
+}
+
 /** Runs the launcher; resolves to the exit status. */
 export async function launch(args: readonly string[]): Promise<number> {
   const [command, rest] = commandOf(args);
@@ -134,7 +179,7 @@ export async function launch(args: readonly string[]): Promise<number> {
     if (rest.includes("--help") || rest.includes("-h")) {
       return await runForwarding(["run", MAIN, ...args]);
     }
-    return await runForwarding(["run", ...loaderFlags(configArg(rest)), MAIN, ...args]);
+    return await printPermissions(args, configArg(rest));
   }
   if (command === "compile") {
     const print = rest.includes("--print");

@@ -84,6 +84,22 @@ export const sourceAddresses: PermissionSource = ({ config }) => ({
   ),
 });
 
+/** Each domain entry's token endpoint (app-only grant) and SMTP server. */
+export const domainHosts: PermissionSource = ({ config }) => ({
+  net: config.domains.flatMap((d) => [
+    urlEntry(d.provider.tokenUrl),
+    netEntry(d.provider.smtpHost, d.provider.smtpPort),
+    ...(d.sourceAddress ? [netEntry(d.sourceAddress, 0) + ":0"] : []),
+  ]),
+});
+
+/** Key and certificate files of domain entries' app-only credentials (read at load). */
+export const credentialFiles: PermissionSource = ({ config, cwd }) => ({
+  read: config.domains.flatMap((d) =>
+    "files" in d.credential ? d.credential.files.map((f) => resolve(cwd, f)) : []
+  ),
+});
+
 /** The config module itself (re-imported on SIGHUP). */
 export const configFile: PermissionSource = ({ configPath }) => ({ read: [configPath] });
 
@@ -115,6 +131,8 @@ export const SERVE_SOURCES: readonly PermissionSource[] = [
   tlsFiles,
   configEnv,
   adminTokenEnv,
+  domainHosts,
+  credentialFiles,
 ];
 
 /** What `check` needs (token refreshes, SMTP logins with `--smtp`, the state directory). */
@@ -125,6 +143,8 @@ export const CHECK_SOURCES: readonly PermissionSource[] = [
   configFile,
   stateDir,
   configEnv,
+  domainHosts,
+  credentialFiles,
 ];
 
 /**
@@ -135,6 +155,8 @@ export const RELOAD_SOURCES: readonly PermissionSource[] = [
   tokenEndpoints,
   smtpServers,
   sourceAddresses,
+  domainHosts,
+  credentialFiles,
 ];
 
 /**

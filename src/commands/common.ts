@@ -33,14 +33,19 @@ export async function loadConfigOrReport(
     return await loadConfig(path, 0, options);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    if (err.problems.length === 1 && err.problems[0].startsWith(`${path}: `)) {
-      console.error(err.problems[0]); // the file itself: missing, unreadable, not a module
-      return undefined;
-    }
-    console.error(`${path}: invalid configuration`);
-    for (const p of err.problems) console.error(`  ${p}`);
+    reportConfigError(path, err);
     return undefined;
   }
+}
+
+/** Prints a config's problems to stderr: the file's own problem, or one line per field. */
+export function reportConfigError(path: string, err: ConfigError): void {
+  if (err.problems.length === 1 && err.problems[0].startsWith(`${path}: `)) {
+    console.error(err.problems[0]); // the file itself: missing, unreadable, not a module
+    return;
+  }
+  console.error(`${path}: invalid configuration`);
+  for (const p of err.problems) console.error(`  ${p}`);
 }
 
 /** One row of a {@link renderTable} table, with lines to print under it. */

@@ -19,7 +19,9 @@ import {
   SERVE_SOURCES,
   statusPermissions,
 } from "../permissions.ts";
-import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
+import { EXIT_USAGE, parsePort, reportConfigError, UsageError } from "./common.ts";
+import { ConfigError, loadConfig } from "../config/load.ts";
+import { takeDeniedConfigFiles } from "../config/schema.ts";
 import { withListenOverrides } from "./serve.ts";
 
 /** Usage line of this command. */
@@ -42,6 +44,7 @@ export async function permissionsCommand(args: string[]): Promise<number> {
       command: { type: "string", default: "serve" },
       format: { type: "string", default: "flags" },
       strict: { type: "boolean", default: false },
+      probe: { type: "boolean", default: false },
       config: { type: "string", default: "./accounts.ts" },
       host: { type: "string" },
       port: { type: "string" },
@@ -67,8 +70,13 @@ export async function permissionsCommand(args: string[]): Promise<number> {
     url: str(values.url),
     account: str(values.account),
     strict: values.strict === true,
+    probe: values.probe === true,
   });
   if (!set) return EXIT_USAGE;
+  if ("needRead" in set) {
+    console.log(JSON.stringify(set));
+    return 0;
+  }
   console.log(format === "json" ? JSON.stringify(set) : permissionFlags(set).join(" "));
   return 0;
 }
@@ -84,10 +92,21 @@ interface Wanted {
   readonly account?: string;
   /** Unset `env("…")` secrets are errors (the start path: the command would fail anyway). */
   readonly strict?: boolean;
+  /** The launcher's probe: answer {@link NeedRead} for files it may not read yet. */
+  readonly probe?: boolean;
+}
+
+/** The probe's answer when the config names files it was not allowed to read. */
+export interface NeedRead {
+  /** Absolute paths to allow reading, then ask again. */
+  readonly needRead: readonly string[];
 }
 
 /** The set for one command; undefined when the config is invalid (reported already). */
-async function permissionsFor(command: string, w: Wanted): Promise<PermissionSet | undefined> {
+async function permissionsFor(
+  command: string,
+  w: Wanted,
+): Promise<PermissionSet | NeedRead | undefined> {
   if (command === "hash-password") return NO_PERMISSIONS;
   if (command === "status") {
     const url = w.url ?? `http://${DEFAULTS.httpHost}:${DEFAULTS.httpPort}`;
@@ -97,10 +116,21 @@ async function permissionsFor(command: string, w: Wanted): Promise<PermissionSet
     return statusPermissions(url);
   }
   // Secrets need not be set to print the set (a build machine): env("…") may be unset.
-  const [loaded, envRead] = await recordEnvReads(() =>
-    loadConfigOrReport(w.config, { placeholderSecrets: !w.strict })
-  );
-  if (!loaded) return undefined;
+  // The launcher's probe may read the config alone: files the config names (key files)
+  // come back as `needRead`, and the launcher asks again with those readable too.
+  takeDeniedConfigFiles();
+  const [loaded, envRead] = await recordEnvReads(async () => {
+    try {
+      return await loadConfig(w.config, 0, { placeholderSecrets: !w.strict });
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      const denied = takeDeniedConfigFiles();
+      if (w.probe && denied.length > 0) return { needRead: denied.map((f) => resolve(f)) };
+      reportConfigError(w.config, err);
+      return undefined;
+    }
+  });
+  if (!loaded || "needRead" in loaded) return loaded;
   const config = withListenOverrides(loaded, w);
   const input = { config, configPath: resolve(w.config), envRead, cwd: Deno.cwd() };
   if (command === "authorize") {

@@ -15,12 +15,19 @@ export const SANDBOX_APP_SCOPE = "https://sandbox.localhost/.default";
 
 /** A resolved app-only credential (secrets included: never logged). */
 export type DomainCredential =
-  | { readonly type: "serviceAccount"; readonly key: ServiceAccountKey }
+  | {
+    readonly type: "serviceAccount";
+    readonly key: ServiceAccountKey;
+    /** The key file, if the key came from one (read at load and on reload). */
+    readonly files: readonly string[];
+  }
   | { readonly type: "clientSecret"; readonly clientId: string; readonly clientSecret: string }
   | {
     readonly type: "certificate";
     readonly clientId: string;
     readonly certificateFile: string;
+    /** The certificate and private key files (read at load and on reload). */
+    readonly files: readonly string[];
     readonly privateKey: string;
     readonly x5t: string;
     readonly notAfter: number;

@@ -191,6 +191,20 @@ const account = z.object({
   sourceAddress: z.string().refine(isIpAddress, "expected a local IP address").optional(),
 }).strict();
 
+/**
+ * Files named in the config that the process was not allowed to read, since the last
+ * {@link takeDeniedConfigFiles}: the permissions probe runs with read access to the config
+ * alone, then again with these added (see `src/launch.ts`).
+ */
+const deniedConfigFiles = new Set<string>();
+
+/** The files the config named but the process may not read; empties the list. */
+export function takeDeniedConfigFiles(): string[] {
+  const files = [...deniedConfigFiles];
+  deniedConfigFiles.clear();
+  return files;
+}
+
 /** Reads a file named in the config; an issue names the path and why, never content. */
 function readConfigFile(
   path: string,
@@ -200,6 +214,7 @@ function readConfigFile(
   try {
     return Deno.readTextFileSync(path);
   } catch (err) {
+    if (err instanceof Deno.errors.NotCapable) deniedConfigFiles.add(path);
     const why = err instanceof Deno.errors.NotFound
       ? "no such file"
       : err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied
@@ -242,7 +257,11 @@ const appCredential = z.discriminatedUnion("type", [
     const content = c.keyFile !== undefined ? readConfigFile(c.keyFile, "keyFile", ctx) : c.key;
     if (content === undefined) return z.NEVER;
     try {
-      return { type: "serviceAccount" as const, key: parseServiceAccountKey(content) };
+      return {
+        type: "serviceAccount" as const,
+        key: parseServiceAccountKey(content),
+        files: c.keyFile !== undefined ? [c.keyFile] : [],
+      };
     } catch (err) {
       ctx.addIssue({
         code: "custom",
@@ -311,6 +330,7 @@ const appCredential = z.discriminatedUnion("type", [
       type: "certificate" as const,
       clientId: c.clientId,
       certificateFile: c.certificateFile,
+      files: [c.certificateFile, ...(c.privateKeyFile !== undefined ? [c.privateKeyFile] : [])],
       privateKey: key,
       x5t: thumb.x5t,
       notAfter: thumb.notAfter,

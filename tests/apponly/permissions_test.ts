@@ -1,8 +1,11 @@
 /**
- * The relay as a real process under the start task's permission flags: a service
- * account key file outside what `--allow-read` allows is a clear start error naming the
- * field, the path and the flag (exit 2, no stack trace, nothing of the key); the same key
- * where the flags allow it relays a mailbox of the domain.
+ * A service account key file and the relay's permissions, as real processes:
+ * - the start task (the launcher) derives the set from the config, so the key file is
+ *   readable wherever it is, and nothing more: a mailbox of the domain relays;
+ * - a missing key file is a clear start error naming the field and the path;
+ * - a relay run by hand with flags that do not cover the key file (a hand-written unit)
+ *   stops with one line naming the field, the path and the flag to add.
+ * Never a stack trace, never a byte of the key.
  */
 import assert from "node:assert/strict";
 import nodemailer from "nodemailer";
@@ -13,7 +16,7 @@ import { DOMAIN, passwordHash, SA_EMAIL } from "./helpers.ts";
 
 const CONFIG_MOD = new URL("../../src/config/mod.ts", import.meta.url).href;
 
-Deno.test("a key file the permissions do not cover stops the start with a clear error; one they cover relays", async () => {
+Deno.test("a key file: the start task allows exactly it and relays; missing or not allowed is one clear line", async () => {
   const sandbox = await startSandbox();
   const dir = await Deno.makeTempDir({ prefix: "relay-apponly-process-" });
   const outside = await Deno.makeTempDir({ prefix: "relay-apponly-outside-" });
@@ -56,8 +59,38 @@ export default defineConfig({
         stderr: "piped",
       });
 
+    const keyLine = JSON.parse(generated.keyFile).private_key.split("\n")[1];
+    const main = new URL("../../src/main.ts", import.meta.url).pathname;
+
+    // Missing: the start path names the field and the path.
+    await Deno.writeTextFile(`${dir}/accounts.ts`, await config(`${outside}/missing.json`));
+    const missing = await (await command()).output();
+    const missingErr = new TextDecoder().decode(missing.stderr);
+    assert.equal(missing.code, 2, missingErr);
+    assert.match(
+      missingErr,
+      new RegExp(
+        `domains\\[0\\]\\.credential\\.keyFile: cannot read ${outside}/missing\\.json: no such file`,
+      ),
+    );
+    assert.doesNotMatch(missingErr, /\n\s+at |Error:/); // no stack trace
+
+    // By hand, flags without the key file: one line naming the flag to add.
     await Deno.writeTextFile(`${dir}/accounts.ts`, await config(`${outside}/sa.json`));
-    const refused = await (await command()).output();
+    const refused = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--no-prompt",
+        `--allow-read=${dir}`,
+        "--allow-env=RELAY_*",
+        main,
+        "check",
+      ],
+      cwd: dir,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
     const stderr = new TextDecoder().decode(refused.stderr);
     assert.equal(refused.code, 2, stderr);
     assert.match(
@@ -68,10 +101,33 @@ export default defineConfig({
       ),
     );
     assert.doesNotMatch(stderr, /\n\s+at |Error:/); // no stack trace
-    const keyLine = JSON.parse(generated.keyFile).private_key.split("\n")[1];
     assert.ok(!stderr.includes(keyLine));
 
-    await Deno.writeTextFile(`${dir}/accounts.ts`, await config("./tls/sa.json"));
+    // The start task: the printed set reads exactly the config, the key file and the state.
+    const printed = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-run",
+        new URL("../../src/launch.ts", import.meta.url).pathname,
+        "permissions",
+        "--format",
+        "json",
+      ],
+      cwd: dir,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(printed.code, 0, new TextDecoder().decode(printed.stderr));
+    const real = await Deno.realPath(dir);
+    assert.deepEqual(
+      JSON.parse(new TextDecoder().decode(printed.stdout)).read,
+      [
+        `${real}/accounts.ts`,
+        `${real}/state`,
+        `${await Deno.realPath(outside)}/sa.json`,
+      ].sort(),
+    );
     child = (await command()).spawn();
     const transport = nodemailer.createTransport({
       host: "127.0.0.1",
