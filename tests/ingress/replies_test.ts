@@ -375,7 +375,7 @@ Deno.test("docs/replies.md: every row is what clients get, counted under its rea
   }
 });
 
-Deno.test("logged: a client that vanishes mid-DATA or after RCPT, one info line each; nothing delivered", async () => {
+Deno.test("logged: a client that vanishes mid-DATA, after RCPT or before its reply, one info line each", async () => {
   const logs = await CapturedLogs.start();
   const h = await startHarness();
   try {
@@ -413,6 +413,25 @@ Deno.test("logged: a client that vanishes mid-DATA or after RCPT, one info line 
     );
     // Neither counts as a refusal or a local error, and nothing reached the provider.
     assert.equal(h.sandbox.received.length, 0);
+
+    // A client that leaves after its whole message, before the reply: the relay finishes
+    // the delivery (the provider gets it) and says so.
+    h.sandbox.smtp.faults.replyDelayMs = 1_000;
+    const d = await loggedIn(h);
+    await d.c.command(MAIL);
+    await d.c.command(RCPT);
+    assert.equal((await d.c.command("DATA")).code, 354);
+    d.c.send("Subject: whole\r\n\r\nAll of it.\r\n.");
+    await new Promise((ok) => setTimeout(ok, 300));
+    d.c.close();
+    const until = Date.now() + 20_000;
+    while ((aborted(d.ip).length === 0 || h.sandbox.received.length === 0) && Date.now() < until) {
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    const ld = aborted(d.ip);
+    assert.equal(ld.length, 1, logs.text);
+    assert.match(ld[0].message.join(""), /left before the reply to its message/);
+    assert.equal(h.sandbox.received.length, 1);
     assert.equal(
       metricValue(await h.metrics(), 'smtp_relay_ingress_refusals_total{reason="local_error"}'),
       0,
