@@ -362,6 +362,14 @@ Deno.test("docs/replies.md: every row is what clients get, counted under its rea
       if (!line) problems.push(`${row.situation}: no info line for ${out.ip} "${out.line}"`);
     }
     assert.deepEqual(problems, []);
+    // The line as docs/replies.md shows it.
+    const shown = logs.lines.map((l) => JSON.parse(l).message as string)
+      .filter((m) => m.includes("relay hack"));
+    assert.equal(shown.length, 1);
+    assert.match(
+      shown[0],
+      /^refused "RCPT" "<a%b@example\.net>" from "127\.[\d.]+" as "user0@example\.com": "550 5\.1\.3 The % relay hack is not accepted"$/,
+    );
     // No refusal fell through to "other", and no line carries a password.
     assert.equal(
       metricValue(await h.metrics(), 'smtp_relay_ingress_refusals_total{reason="other"}'),
