@@ -362,6 +362,13 @@ Deno.test("docs/replies.md: every row is what clients get, counted under its rea
       if (!line) problems.push(`${row.situation}: no info line for ${out.ip} "${out.line}"`);
     }
     assert.deepEqual(problems, []);
+    // A failed AUTH names the configured account it tried; nothing else of it is logged.
+    const failed = logs.records.find((r) =>
+      r.properties.reason === "auth" &&
+      r.properties.reply === "535 5.7.8 Authentication credentials invalid" &&
+      r.properties.account === USER
+    );
+    assert.ok(failed, "the failed AUTH as a configured account does not name it");
     // The line as docs/replies.md shows it.
     const shown = logs.lines.map((l) => JSON.parse(l).message as string)
       .filter((m) => m.includes("relay hack"));
