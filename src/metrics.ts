@@ -87,7 +87,8 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
     });
     this.#ingressRefusals = new client.Counter({
       name: "smtp_relay_ingress_refusals_total",
-      help: "Commands refused by the SMTP listener itself, by reason.",
+      help: "Refusals (4xx/5xx replies) the SMTP listener sent, by reason (docs/replies.md); " +
+        "replies to messages handed to the provider count in smtp_relay_messages_total.",
       labelNames: ["reason"],
       registers,
     });

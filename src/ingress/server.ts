@@ -309,7 +309,9 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
     const command = connectionLevel ? "connection" : c.command;
     const address = !connectionLevel && c.argument ? addressOf(c.argument) : "";
     const user = c.connection.session.user;
-    const account = typeof user === "string" ? user : c.authAccount ?? "";
+    // Logged in: that account. A refused AUTH: the configured account it named, if any.
+    const named = command === "AUTH" ? c.authAccount ?? "" : "";
+    const account = typeof user === "string" ? user : named;
     const props = { ip: c.ip, account, command, address, reply: `${code} ${text}`, reason };
     const what = address ? "{command} {address}" : "{command}";
     const who = account ? "{ip} as {account}" : "{ip}";

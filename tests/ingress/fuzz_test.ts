@@ -865,9 +865,14 @@ async function failedAuthBurst(h: Harness, n: number): Promise<void> {
         `EHLO client.test\r\nAUTH PLAIN ${b64(`\0${account}\0burst-${i}`)}\r\nQUIT\r\n`,
       );
       assert.ok(await s.waitClosed(30_000), "burst session not closed");
-      assert.deepEqual(
-        s.replies.map((r) => r.code),
-        [220, 250, 535, 221],
+      const codes = s.replies.map((r) => r.code).join(" ");
+      const last = s.replies.at(-1)?.lines.at(-1) ?? "";
+      // On a loaded machine 50 scrypt checks at once can outlast the fuzz run's 6 s session
+      // limit: the session then ends with its 421 while the check still ran (what the burst
+      // is for). Anything else is wrong.
+      const outlasted = codes === "220 250 421" && /^421 4\.4\.2 Session time limit/.test(last);
+      assert.ok(
+        codes === "220 250 535 221" || outlasted,
         s.replies.map((r) => r.lines.at(-1)).join(" | "),
       );
     } finally {

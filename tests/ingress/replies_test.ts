@@ -362,6 +362,21 @@ Deno.test("docs/replies.md: every row is what clients get, counted under its rea
       if (!line) problems.push(`${row.situation}: no info line for ${out.ip} "${out.line}"`);
     }
     assert.deepEqual(problems, []);
+    // A failed AUTH names the configured account it tried; nothing else of it is logged.
+    const failed = logs.records.find((r) =>
+      r.properties.reason === "auth" &&
+      r.properties.reply === "535 5.7.8 Authentication credentials invalid" &&
+      r.properties.account === USER
+    );
+    assert.ok(failed, "the failed AUTH as a configured account does not name it");
+    // The line as docs/replies.md shows it.
+    const shown = logs.lines.map((l) => JSON.parse(l).message as string)
+      .filter((m) => m.includes("relay hack"));
+    assert.equal(shown.length, 1);
+    assert.match(
+      shown[0],
+      /^refused "RCPT" "<a%b@example\.net>" from "127\.[\d.]+" as "user0@example\.com": "550 5\.1\.3 The % relay hack is not accepted"$/,
+    );
     // No refusal fell through to "other", and no line carries a password.
     assert.equal(
       metricValue(await h.metrics(), 'smtp_relay_ingress_refusals_total{reason="other"}'),
@@ -375,7 +390,7 @@ Deno.test("docs/replies.md: every row is what clients get, counted under its rea
   }
 });
 
-Deno.test("logged: a client that vanishes mid-DATA or after RCPT, one info line each; nothing delivered", async () => {
+Deno.test("logged: a client that vanishes mid-DATA, after RCPT or before its reply, one info line each", async () => {
   const logs = await CapturedLogs.start();
   const h = await startHarness();
   try {
@@ -413,6 +428,25 @@ Deno.test("logged: a client that vanishes mid-DATA or after RCPT, one info line 
     );
     // Neither counts as a refusal or a local error, and nothing reached the provider.
     assert.equal(h.sandbox.received.length, 0);
+
+    // A client that leaves after its whole message, before the reply: the relay finishes
+    // the delivery (the provider gets it) and says so.
+    h.sandbox.smtp.faults.replyDelayMs = 1_000;
+    const d = await loggedIn(h);
+    await d.c.command(MAIL);
+    await d.c.command(RCPT);
+    assert.equal((await d.c.command("DATA")).code, 354);
+    d.c.send("Subject: whole\r\n\r\nAll of it.\r\n.");
+    await new Promise((ok) => setTimeout(ok, 300));
+    d.c.close();
+    const until = Date.now() + 20_000;
+    while ((aborted(d.ip).length === 0 || h.sandbox.received.length === 0) && Date.now() < until) {
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    const ld = aborted(d.ip);
+    assert.equal(ld.length, 1, logs.text);
+    assert.match(ld[0].message.join(""), /left before the reply to its message/);
+    assert.equal(h.sandbox.received.length, 1);
     assert.equal(
       metricValue(await h.metrics(), 'smtp_relay_ingress_refusals_total{reason="local_error"}'),
       0,
