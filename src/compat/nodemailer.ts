@@ -13,6 +13,7 @@
  */
 import type net from "node:net";
 import { Buffer } from "node:buffer";
+import { MessageBody } from "../smtp/body.ts";
 import { Duplex, Readable } from "node:stream";
 import nodemailer from "nodemailer";
 import type { SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
@@ -28,14 +29,21 @@ export const LOADED_NODEMAILER_VERSION: string = nodemailerPackage.version;
 /** A pooled transport: what `nodemailer.createTransport({ pool: true, … })` returns. */
 export type PoolTransport = Transporter<SMTPPoolSentMessageInfo>;
 
-/** One finished message for {@link sendRaw}: the envelope and the exact bytes. */
+/** One message for {@link sendRaw}: the envelope and its bytes, arriving or complete. */
 export interface RawMessage {
   /** MAIL FROM address ("" for the null sender). */
   readonly from: string;
   /** RCPT TO addresses. */
   readonly to: readonly string[];
-  /** The message as it goes on the wire (before dot-stuffing, which nodemailer does). */
-  readonly bytes: Uint8Array;
+  /**
+   * The message as it goes on the wire (before dot-stuffing, which nodemailer does), read
+   * as it arrives: the envelope goes out at once, the bytes follow the provider's 354 and
+   * the final dot follows the body's end. Read from the start again if the pool moves the
+   * message to another connection (one that the provider closed before any byte of it).
+   */
+  readonly body: MessageBody;
+  /** SIZE= for MAIL FROM (where offered), bytes; 0: none. */
+  readonly size: number;
   /** Ask for BODY=8BITMIME (where the server offers it). */
   readonly use8BitMime: boolean;
   /**
@@ -44,6 +52,11 @@ export interface RawMessage {
    * {@link sendRaw} then rejects with an error for which {@link isAbort} is true.
    */
   readonly signal?: AbortSignal;
+  /**
+   * Called when nodemailer starts reading the body: the provider accepted the envelope and
+   * said 354 (nodemailer pipes the message only then).
+   */
+  readonly onStart?: () => void;
   /**
    * Called when the last byte of the message has been handed on towards the socket, just
    * before nodemailer writes the final dot: from then on the provider may have the whole
@@ -136,13 +149,11 @@ function internalPool(transport: PoolTransport): InternalPool {
   return (transport as unknown as { transporter: InternalPool }).transporter;
 }
 
-/** The finished message as nodemailer's pool expects it: envelope plus a fresh stream. */
-function internalMail(message: RawMessage): InternalMail {
-  const bytes = Buffer.from(
-    message.bytes.buffer,
-    message.bytes.byteOffset,
-    message.bytes.byteLength,
-  );
+/** The message as nodemailer's pool expects it: envelope plus a fresh stream each time. */
+function internalMail(
+  message: RawMessage,
+  tooBig: (size: number) => MessageTooBig | undefined,
+): InternalMail {
   return {
     data: message.signal ? { signal: message.signal } : {},
     message: {
@@ -152,25 +163,63 @@ function internalMail(message: RawMessage): InternalMail {
       getEnvelope: () => ({
         from: message.from,
         to: [...message.to],
-        size: bytes.length,
+        size: message.size,
         use8BitMime: message.use8BitMime,
       }),
       messageId: () => "",
       getHeader: () => "",
-      createReadStream: () => {
-        const stream = new Readable({
-          read() {
-            this.push(bytes);
-            this.push(null);
-          },
-        });
-        // Registered before nodemailer pipes the stream into its dot-stuffing stream, so it
-        // runs before that stream is ended (which is when it writes the final dot).
-        if (message.onEnd) stream.once("end", message.onEnd);
-        return stream;
-      },
+      createReadStream: () => bodyStream(message, tooBig),
     },
   };
+}
+
+/**
+ * A stream of `message.body` from its first byte, following it as it arrives: it ends at
+ * the body's end (then nodemailer writes the final dot) and is destroyed if the body fails
+ * or grows past the provider's SIZE (`tooBig`), and nodemailer then closes the connection
+ * without a final dot.
+ */
+function bodyStream(
+  message: RawMessage,
+  tooBig: (size: number) => MessageTooBig | undefined,
+): Readable {
+  const body = message.body;
+  let next = 0;
+  let started = false;
+  let waiting = false;
+  const pull = () => {
+    waiting = false;
+    while (!stream.destroyed) {
+      const chunk = body.chunkAt(next);
+      if (chunk) {
+        const refusal = tooBig(body.length);
+        if (refusal) return void stream.destroy(refusal);
+        next++;
+        if (!stream.push(chunk)) return;
+        continue;
+      }
+      if (body.complete) return void stream.push(null);
+      if (body.failure) return void stream.destroy(body.failure);
+      if (!waiting) {
+        waiting = true;
+        body.changed(pull);
+      }
+      return;
+    }
+  };
+  const stream = new Readable({
+    read() {
+      if (!started) {
+        started = true;
+        message.onStart?.();
+      }
+      pull();
+    },
+  });
+  // Registered before nodemailer pipes the stream into its dot-stuffing stream, so it
+  // runs before that stream is ended (which is when it writes the final dot).
+  if (message.onEnd) stream.once("end", message.onEnd);
+  return stream;
 }
 
 /**
@@ -184,13 +233,25 @@ export function sendRaw(
   message: RawMessage,
 ): Promise<SMTPPoolSentMessageInfo> {
   const pool = internalPool(transport);
-  const mail = internalMail(message);
+  let refused: MessageTooBig | undefined;
+  let limit: number | undefined;
+  // A body that grows past the SIZE the provider advertised (it was not known when MAIL
+  // FROM went out) is cut before its end: the provider would refuse it after the dot.
+  const tooBig = (size: number) => {
+    limit ??= sizeLimit(pool, mail) ?? 0;
+    if (limit > 0 && size > limit) refused ??= new MessageTooBig(size, limit);
+    return refused;
+  };
+  const mail = internalMail(message, tooBig);
   return new Promise((ok, fail) => {
     pool.send(mail, (err, info) => {
       if (!err) return ok(info);
+      if (refused) return fail(refused);
       // Read now: the pool lets go of the connection's entry right after this callback.
       fail(
-        isSizeRefusal(err) ? new MessageTooBig(message.bytes.length, sizeLimit(pool, mail)) : err,
+        isSizeRefusal(err)
+          ? new MessageTooBig(message.size || message.body.length, sizeLimit(pool, mail))
+          : err,
       );
     });
   });
@@ -359,7 +420,8 @@ export async function checkNodemailer(
         sendRaw(transport, {
           from: "a@relay.invalid",
           to: ["b@relay.invalid"],
-          bytes: small,
+          body: MessageBody.of(small),
+          size: small.length,
           use8BitMime: false,
         }),
     );
@@ -374,7 +436,8 @@ export async function checkNodemailer(
         sendRaw(transport, {
           from: "a@relay.invalid",
           to: ["b@relay.invalid"],
-          bytes: big,
+          body: MessageBody.of(big),
+          size: big.length,
           use8BitMime: false,
         })
           .then(() => new Error("a message over SIZE was sent"), (err) => err),
@@ -395,7 +458,8 @@ export async function checkNodemailer(
         sendRaw(transport, {
           from: "a@relay.invalid",
           to: ["b@relay.invalid"],
-          bytes: small,
+          body: MessageBody.of(small),
+          size: small.length,
           use8BitMime: false,
           signal: AbortSignal.abort(),
         }).then(() => new Error("an aborted mail was sent"), (err) => err),
