@@ -18,6 +18,7 @@ import { Duplex, Readable } from "node:stream";
 import nodemailer from "nodemailer";
 import type { SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
+import DataStream from "nodemailer/lib/smtp-connection/data-stream";
 import nodemailerPackage from "nodemailer/package.json" with { type: "json" };
 
 /** The nodemailer version this module was written against (deno.json pins it). */
@@ -297,6 +298,100 @@ export function quitIdleConnections(transport: PoolTransport, max = Infinity): n
   return quit;
 }
 
+/** nodemailer's `DataStream#_transform` (dot-stuffing, line ends), as it came. */
+type Transform = (
+  this: DataStreamInternals,
+  chunk: Buffer | string,
+  encoding: string,
+  done: () => void,
+) => void;
+
+/** What the replacement transform uses of a `DataStream`. */
+interface DataStreamInternals {
+  inByteCount: number;
+  outByteCount: number;
+  lastByte: number | false;
+  push(chunk: Uint8Array): boolean;
+}
+
+const dataStreamProto = DataStream.prototype as unknown as { _transform: Transform };
+/** nodemailer's own byte-by-byte transform: the fallback, and the reference of the check. */
+const byteByByte: Transform = dataStreamProto._transform;
+const CR = 0x0d;
+const LF = 0x0a;
+const DOT = 0x2e;
+const STUFFED_DOT = Buffer.from(".");
+const latin1 = new TextDecoder("latin1");
+/** A CR not followed by LF, or an LF not preceded by CR. */
+const BARE_LINE_END = /\r(?!\n)|(?<!\r)\n/g;
+
+/**
+ * nodemailer's dot-stuffing without a JavaScript loop over every byte: the usual chunk
+ * (every line ending CRLF) is searched natively, for bare line ends (a regular expression
+ * over its one-byte-per-character text) and for dots that start a line; only those dots are
+ * inserted, and a chunk without one passes through uncopied. A chunk with a bare CR or LF
+ * goes to nodemailer's own transform, which rewrites those; the output is the same byte
+ * for byte (checked at start-up by {@link checkNodemailer}).
+ */
+const nativeSearch: Transform = function (chunk, encoding, done) {
+  if (typeof chunk === "string" || chunk.length === 0) {
+    return byteByByte.call(this, chunk, encoding, done);
+  }
+  const len = chunk.length;
+  const prev = this.lastByte;
+  if ((prev === CR) !== (chunk[0] === LF)) return byteByByte.call(this, chunk, encoding, done);
+  const text = latin1.decode(chunk);
+  BARE_LINE_END.lastIndex = 0;
+  for (let m = BARE_LINE_END.exec(text); m; m = BARE_LINE_END.exec(text)) {
+    // A CR that ends the chunk is judged with the next chunk; an LF that starts it was.
+    if (m.index === len - 1 && chunk[m.index] === CR) continue;
+    if (m.index === 0 && prev === CR) continue;
+    return byteByByte.call(this, chunk, encoding, done);
+  }
+  const dots: number[] = [];
+  if (chunk[0] === DOT && (prev === LF || prev === false)) dots.push(0);
+  for (let at = text.indexOf("\n."); at !== -1; at = text.indexOf("\n.", at + 2)) {
+    dots.push(at + 1);
+  }
+  this.inByteCount += len;
+  this.lastByte = chunk[len - 1];
+  if (dots.length === 0) {
+    this.outByteCount += len;
+    this.push(chunk);
+    return done();
+  }
+  const parts: Uint8Array[] = [];
+  let from = 0;
+  for (const at of dots) {
+    if (at > from) parts.push(chunk.subarray(from, at));
+    parts.push(STUFFED_DOT);
+    from = at;
+  }
+  parts.push(chunk.subarray(from));
+  const out = Buffer.concat(parts, len + dots.length);
+  this.outByteCount += out.length;
+  this.push(out);
+  done();
+};
+if (typeof byteByByte === "function") dataStreamProto._transform = nativeSearch;
+
+/** Runs `transform` over `chunks` on a fresh DataStream; the bytes it produced. */
+function stuffWith(transform: Transform, chunks: Uint8Array[]): Uint8Array {
+  const stream = new DataStream() as unknown as DataStreamInternals;
+  const out: Uint8Array[] = [];
+  stream.push = (chunk) => out.push(chunk) > 0;
+  for (const c of chunks) transform.call(stream, Buffer.from(c), "buffer", () => {});
+  return Buffer.concat(out);
+}
+
+/** Inputs on which the two transforms must agree: every line-end and dot case, split. */
+const STUFFING_CASES = [
+  "a\r\n.b\r\n..c\r\n.\r\n",
+  ".start\r\nx\ny\rz\r\n\r.\n.",
+  "\r\n\r\n.\r\r\n\n\n.\r",
+  "no line end at all",
+];
+
 /** The pieces of nodemailer {@link checkNodemailer} examines; the real ones by default. */
 export interface NodemailerLibrary {
   /** The version loaded. */
@@ -355,6 +450,21 @@ export async function checkNodemailer(
       `nodemailer ${library.version}: ${piece} (the relay relies on it; pin nodemailer ` +
         `${PINNED_NODEMAILER_VERSION} or update src/compat/nodemailer.ts)`,
     );
+
+  if (typeof byteByByte !== "function") {
+    throw missing("DataStream.prototype._transform (its dot-stuffing) is missing");
+  }
+  for (const text of STUFFING_CASES) {
+    const bytes = new TextEncoder().encode(text);
+    for (let cut = 0; cut <= bytes.length; cut++) {
+      const chunks = [bytes.subarray(0, cut), bytes.subarray(cut)];
+      if (!equalBytes(stuffWith(nativeSearch, chunks), stuffWith(byteByByte, chunks))) {
+        throw missing(
+          `DataStream's dot-stuffing differs from the relay's on ${JSON.stringify(text)}`,
+        );
+      }
+    }
+  }
 
   const proto = (library.SMTPConnection as { prototype?: Record<string, unknown> }).prototype;
   if (typeof proto?.send !== "function") throw missing("SMTPConnection.prototype.send is missing");
