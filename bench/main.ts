@@ -13,7 +13,7 @@
  *
  * Scenarios (`--scenario` takes the number or the name): 1 `persistent`,
  * 2 `per-connection`, 3 `latency`, 4 `accounts`, 5 `provider-delay`, 6 `memory`,
- * 7 `distance`.
+ * 7 `distance`, 8 `large`.
  * @module
  */
 import os from "node:os";
@@ -36,6 +36,7 @@ import {
 import {
   bigMessage,
   distance,
+  largeMessages,
   loginStorm,
   manyAccountScenarios,
   memoryReport,
@@ -53,13 +54,14 @@ const SCENARIOS = [
   "provider-delay",
   "memory",
   "distance",
+  "large",
 ] as const;
 
 const USAGE = `usage: bench/main.ts [options]
   --quick               smoke run of a few seconds (small scale, one run, no verdicts)
   --runs N              runs per scenario, medians reported (default 3; quick 1)
   --duration S          measurement window per run in seconds (default 8; quick 1)
-  --scenario NAME       only this scenario (repeatable): 1-7 or ${SCENARIOS.join(", ")}
+  --scenario NAME       only this scenario (repeatable): 1-8 or ${SCENARIOS.join(", ")}
   --json PATH           write the machine-readable report there
   --results PATH        append the Markdown table there (default bench/RESULTS.md;
                         quick runs append only when this is given)
@@ -149,11 +151,11 @@ function parseOptions(args: string[]): Options {
   for (const s of values.scenario) {
     const n = /^\d$/.test(s) ? Number(s) : SCENARIOS.indexOf(s as typeof SCENARIOS[number]) + 1;
     if (n < 1 || n > SCENARIOS.length) {
-      throw new Error(`--scenario: unknown ${s} (1-7 or ${SCENARIOS.join(", ")})`);
+      throw new Error(`--scenario: unknown ${s} (1-8 or ${SCENARIOS.join(", ")})`);
     }
     scenarios.add(n);
   }
-  if (scenarios.size === 0) { for (let i = 1; i <= 7; i++) scenarios.add(i); }
+  if (scenarios.size === 0) { for (let i = 1; i <= SCENARIOS.length; i++) scenarios.add(i); }
   if (!["debug", "info", "warning", "error"].includes(values["relay-log-level"])) {
     throw new Error("--relay-log-level: debug, info, warning or error");
   }
@@ -264,7 +266,7 @@ async function main(args: string[]): Promise<number> {
       ? scale.accountsA
       : 1,
     o.scenarios.has(4) || o.scenarios.has(5) || o.scenarios.has(6) ? scale.manyAccounts : 1,
-    o.scenarios.has(7) ? 10 : 1,
+    o.scenarios.has(7) || o.scenarios.has(8) ? 10 : 1,
   );
   progress(`starting the sandbox provider (${fmt(maxAccounts)} accounts)`);
   const sandbox = Child.spawn("sandbox", [
@@ -299,6 +301,7 @@ async function main(args: string[]): Promise<number> {
         ? await manyAccountScenarios(ctx, reports)
         : undefined;
       if (o.scenarios.has(7)) await distance(ctx, reports);
+      if (o.scenarios.has(8)) await largeMessages(ctx, reports);
       if (o.scenarios.has(6)) {
         const big = await bigMessage(ctx);
         const storm = await loginStorm(ctx);

@@ -742,3 +742,55 @@ export async function distance(ctx: Ctx, reports: ScenarioReport[]): Promise<voi
     await forwarder.close();
   }
 }
+
+/** Scenario 8's message size: 1 MiB. */
+export const LARGE_SIZE = 1024 * 1024;
+/** Scenario 8's persistent sessions (one account each). */
+const LARGE_SESSIONS = 10;
+
+/**
+ * 8: 1 MiB messages over 10 persistent sessions, relay against direct, relay CPU per
+ * message (dot-unstuffing at the ingress, dot-stuffing upstream, TLS, copies).
+ */
+export async function largeMessages(ctx: Ctx, reports: ScenarioReport[]): Promise<void> {
+  const { o } = ctx;
+  const relay = await startRelay(ctx, "L", LARGE_SESSIONS);
+  try {
+    await warmRelay(ctx, relay);
+    const shape: Shape = {
+      accounts: LARGE_SESSIONS,
+      sessions: LARGE_SESSIONS,
+      messagesPerSession: 1_000_000,
+      size: LARGE_SIZE,
+      durationMs: o.durationMs,
+      replyTimeoutMs: 60_000,
+    };
+    await measure(ctx, relay, { ...shape, durationMs: Math.min(2000, o.durationMs) });
+    const r = await relayVsDirect(ctx, relay, shape, "8 large");
+    const x = row("8 1 MiB messages", r.relay, r.direct);
+    reports.push({
+      id: 8,
+      key: "large",
+      title: "1 MiB messages",
+      shape: `${LARGE_SESSIONS} persistent sessions, one account each, closed loop, ` +
+        `${fmt(LARGE_SIZE)}-byte messages`,
+      rows: [x],
+      facts: [[
+        "relay CPU per message, per run",
+        r.relay.map((s) => `${fmt((s.relayCpuUsPerMsg ?? NaN) / 1000, 2)} ms`).join(", "),
+      ]],
+      verdicts: [
+        verdict(
+          ctx,
+          "≤ 3 ms relay CPU per 1 MiB message",
+          `${fmt((x.cpuUsPerMsg ?? NaN) / 1000, 2)} ms (${fmt(x.ratio, 2)}× direct throughput)`,
+          (x.cpuUsPerMsg ?? Infinity) <= 3000,
+        ),
+      ],
+      notes: [],
+      runs: zipRuns(r),
+    });
+  } finally {
+    await stopRelay(ctx, relay);
+  }
+}
