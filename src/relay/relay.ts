@@ -281,11 +281,12 @@ export class Relay implements Backend {
     const timeoutMs = this.#deliveryTimeoutMs;
     let timer: ReturnType<typeof setTimeout> | undefined;
     let arrivedAt = Date.now();
+    let settled = false;
     // The deadline runs from the end of the message; while it arrives, the client's own
     // pace (and the ingress's timeouts) bound it.
     tx.body.settled.then(() => {
       arrivedAt = Date.now();
-      if (tx.body.complete && !control.signal.aborted) {
+      if (tx.body.complete && !control.signal.aborted && !settled) {
         timer = setTimeout(() => control.abort(new GaveUp("deadline", timeoutMs)), timeoutMs);
       }
     });
@@ -299,6 +300,7 @@ export class Relay implements Backend {
         AbortSignal.any([control.signal, tx.body.signal]),
       );
     } finally {
+      settled = true;
       clearTimeout(timer);
       this.#inflight.delete(control);
     }

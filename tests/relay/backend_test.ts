@@ -11,7 +11,8 @@ import type { QuotaSnapshot } from "../../src/quota/quota.ts";
 import type { StateStore } from "../../src/state/store.ts";
 import { hashPassword } from "../../src/relay/password.ts";
 import { reply } from "../../src/smtp/reply.ts";
-import { MessageBody } from "../../src/smtp/body.ts";
+import { BodyIncomplete, MessageBody } from "../../src/smtp/body.ts";
+import { until } from "../harness.ts";
 
 /** A state store in memory. */
 class MemoryStore implements StateStore<QuotaSnapshot> {
@@ -197,4 +198,40 @@ Deno.test("backend: quota counters belong to the address, across account objects
   await t.rcpt("x@example.net");
   assert.equal((await t.data(MessageBody.of(body))).code, 451); // 2 per minute, shared
   assert.equal((await quotas.usage("A@example.com")).lastMinute, 2);
+});
+
+Deno.test("backend: a body that fails mid-delivery gives the message up: signal aborted, no quota use, no outcome counted", async () => {
+  let seen: OutgoingMessage | undefined;
+  const a = fakeAccount("a@example.com", [], {
+    deliver: (m) => {
+      seen = m;
+      // An upstream that waits for the whole body, as the pool does before its final dot.
+      return new Promise((ok) =>
+        m.signal!.addEventListener("abort", () => ok({ kind: "abandoned", endSent: false }))
+      );
+    },
+  });
+  const quotas = new LocalQuotas(new MemoryStore(), { now: () => T0 });
+  const outcomes: string[] = [];
+  const relay = new Relay([a], {}, {
+    messageDone: (result) => void outcomes.push(result),
+    quotaDeferred: () => {},
+    reportDone: () => {},
+  }, { name: "relay.test", quotas });
+  const s = relay.newSession(peer);
+  await s.auth("a@example.com", PASSWORD);
+  await s.mail("a@example.com", true);
+  await s.rcpt("x@example.net");
+  const incoming = new MessageBody();
+  const pending = s.data(incoming, 5_000);
+  incoming.push(new TextEncoder().encode("Subject: half\r\n"));
+  await until(() => seen !== undefined, 2_000);
+  assert.equal(seen!.size, 5_000); // the client's SIZE= goes with the envelope
+  assert.equal(seen!.body, incoming); // handed on while it arrives
+  incoming.fail(new BodyIncomplete("gone", "the client went away"));
+  assert.equal((await pending).code, 451);
+  assert.equal(seen!.signal!.aborted, true);
+  assert.deepEqual(outcomes, []);
+  assert.equal((await quotas.usage("a@example.com")).lastMinute, 0);
+  s.logout();
 });
