@@ -510,7 +510,8 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           } else body.push(chunk);
         });
         // The client went away mid-message (smtp-server destroys the stream): never complete.
-        stream.once("error", () => {
+        stream.once("error", (err) => {
+          o.onError?.(err);
           body.fail(
             new BodyIncomplete("gone", "the client went away before the end of the message"),
           );
