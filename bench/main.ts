@@ -12,7 +12,8 @@
  *              [--profile] [--verbose] [--relay-log-level LEVEL]
  *
  * Scenarios (`--scenario` takes the number or the name): 1 `persistent`,
- * 2 `per-connection`, 3 `latency`, 4 `accounts`, 5 `provider-delay`, 6 `memory`.
+ * 2 `per-connection`, 3 `latency`, 4 `accounts`, 5 `provider-delay`, 6 `memory`,
+ * 7 `distance`, 8 `large`.
  * @module
  */
 import os from "node:os";
@@ -34,6 +35,8 @@ import {
 } from "./run.ts";
 import {
   bigMessage,
+  distance,
+  largeMessages,
   loginStorm,
   manyAccountScenarios,
   memoryReport,
@@ -50,13 +53,15 @@ const SCENARIOS = [
   "accounts",
   "provider-delay",
   "memory",
+  "distance",
+  "large",
 ] as const;
 
 const USAGE = `usage: bench/main.ts [options]
   --quick               smoke run of a few seconds (small scale, one run, no verdicts)
   --runs N              runs per scenario, medians reported (default 3; quick 1)
   --duration S          measurement window per run in seconds (default 8; quick 1)
-  --scenario NAME       only this scenario (repeatable): 1-6 or ${SCENARIOS.join(", ")}
+  --scenario NAME       only this scenario (repeatable): 1-8 or ${SCENARIOS.join(", ")}
   --json PATH           write the machine-readable report there
   --results PATH        append the Markdown table there (default bench/RESULTS.md;
                         quick runs append only when this is given)
@@ -145,12 +150,12 @@ function parseOptions(args: string[]): Options {
   const scenarios = new Set<number>();
   for (const s of values.scenario) {
     const n = /^\d$/.test(s) ? Number(s) : SCENARIOS.indexOf(s as typeof SCENARIOS[number]) + 1;
-    if (n < 1 || n > 6) {
-      throw new Error(`--scenario: unknown ${s} (1-6 or ${SCENARIOS.join(", ")})`);
+    if (n < 1 || n > SCENARIOS.length) {
+      throw new Error(`--scenario: unknown ${s} (1-8 or ${SCENARIOS.join(", ")})`);
     }
     scenarios.add(n);
   }
-  if (scenarios.size === 0) { for (let i = 1; i <= 6; i++) scenarios.add(i); }
+  if (scenarios.size === 0) { for (let i = 1; i <= SCENARIOS.length; i++) scenarios.add(i); }
   if (!["debug", "info", "warning", "error"].includes(values["relay-log-level"])) {
     throw new Error("--relay-log-level: debug, info, warning or error");
   }
@@ -261,6 +266,7 @@ async function main(args: string[]): Promise<number> {
       ? scale.accountsA
       : 1,
     o.scenarios.has(4) || o.scenarios.has(5) || o.scenarios.has(6) ? scale.manyAccounts : 1,
+    o.scenarios.has(7) || o.scenarios.has(8) ? 10 : 1,
   );
   progress(`starting the sandbox provider (${fmt(maxAccounts)} accounts)`);
   const sandbox = Child.spawn("sandbox", [
@@ -294,6 +300,8 @@ async function main(args: string[]): Promise<number> {
       const manyConnectionsResult = [4, 5, 6].some((s) => o.scenarios.has(s))
         ? await manyAccountScenarios(ctx, reports)
         : undefined;
+      if (o.scenarios.has(7)) await distance(ctx, reports);
+      if (o.scenarios.has(8)) await largeMessages(ctx, reports);
       if (o.scenarios.has(6)) {
         const big = await bigMessage(ctx);
         const storm = await loginStorm(ctx);

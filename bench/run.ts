@@ -166,6 +166,7 @@ export async function startRelay(
   accounts: number,
   maxConnections?: number,
   passwordHash = ctx.passwordHash,
+  smtpPort = ctx.sandboxInfo.smtpPort,
 ): Promise<RelayProc> {
   const stateDir = `${STATE_ROOT}/${name}-${Date.now()}`;
   const args = [
@@ -188,7 +189,7 @@ export async function startRelay(
     type: "sandbox",
     tokenUrl: ctx.sandboxInfo.tokenUrl,
     smtpHost: "localhost",
-    smtpPort: ctx.sandboxInfo.smtpPort,
+    smtpPort,
   };
   const config = {
     smtp: { host: "127.0.0.1", port: 0 },
@@ -300,10 +301,10 @@ export function relayTarget(relay: RelayProc): Target {
 }
 
 /** The generator's target for the direct baseline: the sandbox, STARTTLS + XOAUTH2. */
-export function directTarget(ctx: Ctx): Target {
+export function directTarget(ctx: Ctx, port = ctx.sandboxInfo.smtpPort): Target {
   return {
     host: "127.0.0.1",
-    port: ctx.sandboxInfo.smtpPort,
+    port,
     login: {
       kind: "xoauth2",
       tlsHostname: ctx.sandboxInfo.smtpHost,
@@ -331,6 +332,8 @@ export interface Shape {
   replyTimeoutMs?: number;
   maxMessages?: number;
   maxMessagesPerWorker?: number;
+  /** The direct baseline's port (a forwarder in front of the sandbox); the sandbox's otherwise. */
+  directPort?: number;
 }
 
 /** CPU seconds (user + system) of a child's stats. */
@@ -364,7 +367,7 @@ export async function measure(ctx: Ctx, relay: RelayProc | undefined, shape: Sha
   const h0 = relay ? deliverHistogram(await scrape(relay)) : undefined;
   const g0 = process.cpuUsage();
   const load = await runLoad({
-    target: relay ? relayTarget(relay) : directTarget(ctx),
+    target: relay ? relayTarget(relay) : directTarget(ctx, shape.directPort),
     accounts: emails(shape.accounts),
     sessions: shape.sessions,
     messagesPerSession: shape.messagesPerSession,

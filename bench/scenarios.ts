@@ -5,6 +5,7 @@
  */
 import { hashPassword } from "../src/relay/password.ts";
 import { BENCH_PASSWORD, BENCH_RECIPIENT } from "./fixtures.ts";
+import { startForwarder } from "./forwarder.ts";
 import { runLoad } from "./loadgen.ts";
 import { fmt, median, type ScenarioReport, type Side, type Verdict } from "./report.ts";
 import {
@@ -645,4 +646,151 @@ export async function loginStorm(ctx: Ctx): Promise<{ facts: [string, string][];
     ],
     run: { bad, good, settled },
   };
+}
+
+/** Round trips to the provider measured by scenario 7, ms. */
+export const DISTANCE_RTTS_MS = [10, 20, 50] as const;
+/** Scenario 7's persistent sessions (one account each): light load, latency is the point. */
+const DISTANCE_SESSIONS = 10;
+
+/**
+ * 7: a provider some distance away. A delaying forwarder (`./forwarder.ts`) sits between
+ * the relay and the sandbox, and the direct baseline goes through the same forwarder, so
+ * both see the same round trip. Latency after the client's final dot, in round trips: one
+ * is the floor (the provider's answer to the dot must come back).
+ */
+export async function distance(ctx: Ctx, reports: ScenarioReport[]): Promise<void> {
+  const { o } = ctx;
+  const forwarder = startForwarder("127.0.0.1", ctx.sandboxInfo.smtpPort, 0);
+  const relay = await startRelay(
+    ctx,
+    "D",
+    DISTANCE_SESSIONS,
+    undefined,
+    ctx.passwordHash,
+    forwarder.port,
+  );
+  try {
+    await warmRelay(ctx, relay);
+    const rows = [];
+    const facts: [string, string][] = [];
+    const runs: unknown[] = [];
+    const verdicts: Verdict[] = [];
+    for (const rtt of DISTANCE_RTTS_MS) {
+      forwarder.oneWayMs = rtt / 2;
+      const shape: Shape = {
+        accounts: DISTANCE_SESSIONS,
+        sessions: DISTANCE_SESSIONS,
+        messagesPerSession: 1_000_000,
+        size: MESSAGE_SIZE,
+        durationMs: o.durationMs,
+        directPort: forwarder.port,
+        replyTimeoutMs: 60_000,
+      };
+      // Unmeasured: pooled connections made at this distance, JIT warm.
+      await measure(ctx, relay, { ...shape, durationMs: Math.min(2000, o.durationMs) });
+      const r = await relayVsDirect(ctx, relay, shape, `7 distance ${rtt} ms`);
+      const x = row(`7 ${rtt} ms round trip`, r.relay, r.direct);
+      rows.push(x);
+      const directP50 = median(r.direct.map((s) => s.latency.p50));
+      const inRtt = x.p50 / rtt;
+      const added = r.relay.map((s, i) => (s.latency.p50 - r.direct[i].latency.p50) / rtt);
+      facts.push([
+        `${rtt} ms: p50 after the final dot, relay / direct`,
+        `${fmt(x.p50, 1)} ms = ${fmt(inRtt, 2)} RTT / ${fmt(directP50, 1)} ms = ` +
+        `${fmt(directP50 / rtt, 2)} RTT; added per run ${
+          added.map((a) => `${fmt(a, 2)}`).join(", ")
+        } RTT`,
+      ]);
+      facts.push([
+        `${rtt} ms: whole transaction p50 (MAIL to the final reply), relay / direct`,
+        `${fmt(median(r.relay.map((s) => s.transactionLatency.p50)), 1)} ms / ` +
+        `${fmt(median(r.direct.map((s) => s.transactionLatency.p50)), 1)} ms`,
+      ]);
+      runs.push({ rtt, ...r });
+      if (rtt === 20) {
+        verdicts.push(
+          verdict(
+            ctx,
+            "p50 latency after the client's final dot ≤ 1.3 round trips at 20 ms",
+            `${fmt(inRtt, 2)} RTT (${fmt(x.p50, 1)} ms; direct ${fmt(directP50 / rtt, 2)} RTT)`,
+            inRtt <= 1.3,
+          ),
+        );
+      }
+    }
+    forwarder.oneWayMs = 0;
+    reports.push({
+      id: 7,
+      key: "distance",
+      title: "a provider some distance away (delaying forwarder, both directions)",
+      shape: `${DISTANCE_SESSIONS} persistent sessions, one account each, closed loop, 2 KB; ` +
+        `relay → forwarder → sandbox, direct baseline → the same forwarder → sandbox; round ` +
+        `trips ${DISTANCE_RTTS_MS.join(", ")} ms; latency = end of DATA to the reply`,
+      rows,
+      facts,
+      verdicts,
+      notes: [
+        "The forwarder holds every chunk for half the round trip, in both directions, order " +
+        "kept; pipelined commands stay pipelined (the sandbox's per-reply delay of scenario 5 " +
+        "is a server-side sleep that serialises them, not a distance).",
+      ],
+      runs,
+    });
+  } finally {
+    await stopRelay(ctx, relay);
+    await forwarder.close();
+  }
+}
+
+/** Scenario 8's message size: 1 MiB. */
+export const LARGE_SIZE = 1024 * 1024;
+/** Scenario 8's persistent sessions (one account each). */
+const LARGE_SESSIONS = 10;
+
+/**
+ * 8: 1 MiB messages over 10 persistent sessions, relay against direct, relay CPU per
+ * message (dot-unstuffing at the ingress, dot-stuffing upstream, TLS, copies).
+ */
+export async function largeMessages(ctx: Ctx, reports: ScenarioReport[]): Promise<void> {
+  const { o } = ctx;
+  const relay = await startRelay(ctx, "L", LARGE_SESSIONS);
+  try {
+    await warmRelay(ctx, relay);
+    const shape: Shape = {
+      accounts: LARGE_SESSIONS,
+      sessions: LARGE_SESSIONS,
+      messagesPerSession: 1_000_000,
+      size: LARGE_SIZE,
+      durationMs: o.durationMs,
+      replyTimeoutMs: 60_000,
+    };
+    await measure(ctx, relay, { ...shape, durationMs: Math.min(2000, o.durationMs) });
+    const r = await relayVsDirect(ctx, relay, shape, "8 large");
+    const x = row("8 1 MiB messages", r.relay, r.direct);
+    reports.push({
+      id: 8,
+      key: "large",
+      title: "1 MiB messages",
+      shape: `${LARGE_SESSIONS} persistent sessions, one account each, closed loop, ` +
+        `${fmt(LARGE_SIZE)}-byte messages`,
+      rows: [x],
+      facts: [[
+        "relay CPU per message, per run",
+        r.relay.map((s) => `${fmt((s.relayCpuUsPerMsg ?? NaN) / 1000, 2)} ms`).join(", "),
+      ]],
+      verdicts: [
+        verdict(
+          ctx,
+          "≤ 3 ms relay CPU per 1 MiB message",
+          `${fmt((x.cpuUsPerMsg ?? NaN) / 1000, 2)} ms (${fmt(x.ratio, 2)}× direct throughput)`,
+          (x.cpuUsPerMsg ?? Infinity) <= 3000,
+        ),
+      ],
+      notes: [],
+      runs: zipRuns(r),
+    });
+  } finally {
+    await stopRelay(ctx, relay);
+  }
 }

@@ -13,10 +13,12 @@
  */
 import type net from "node:net";
 import { Buffer } from "node:buffer";
+import { MessageBody } from "../smtp/body.ts";
 import { Duplex, Readable } from "node:stream";
 import nodemailer from "nodemailer";
 import type { SMTPPoolSentMessageInfo, Transporter } from "nodemailer";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
+import DataStream from "nodemailer/lib/smtp-connection/data-stream";
 import nodemailerPackage from "nodemailer/package.json" with { type: "json" };
 
 /** The nodemailer version this module was written against (deno.json pins it). */
@@ -28,14 +30,21 @@ export const LOADED_NODEMAILER_VERSION: string = nodemailerPackage.version;
 /** A pooled transport: what `nodemailer.createTransport({ pool: true, … })` returns. */
 export type PoolTransport = Transporter<SMTPPoolSentMessageInfo>;
 
-/** One finished message for {@link sendRaw}: the envelope and the exact bytes. */
+/** One message for {@link sendRaw}: the envelope and its bytes, arriving or complete. */
 export interface RawMessage {
   /** MAIL FROM address ("" for the null sender). */
   readonly from: string;
   /** RCPT TO addresses. */
   readonly to: readonly string[];
-  /** The message as it goes on the wire (before dot-stuffing, which nodemailer does). */
-  readonly bytes: Uint8Array;
+  /**
+   * The message as it goes on the wire (before dot-stuffing, which nodemailer does), read
+   * as it arrives: the envelope goes out at once, the bytes follow the provider's 354 and
+   * the final dot follows the body's end. Read from the start again if the pool moves the
+   * message to another connection (one that the provider closed before any byte of it).
+   */
+  readonly body: MessageBody;
+  /** SIZE= for MAIL FROM (where offered), bytes; 0: none. */
+  readonly size: number;
   /** Ask for BODY=8BITMIME (where the server offers it). */
   readonly use8BitMime: boolean;
   /**
@@ -44,6 +53,11 @@ export interface RawMessage {
    * {@link sendRaw} then rejects with an error for which {@link isAbort} is true.
    */
   readonly signal?: AbortSignal;
+  /**
+   * Called when nodemailer starts reading the body: the provider accepted the envelope and
+   * said 354 (nodemailer pipes the message only then).
+   */
+  readonly onStart?: () => void;
   /**
    * Called when the last byte of the message has been handed on towards the socket, just
    * before nodemailer writes the final dot: from then on the provider may have the whole
@@ -136,13 +150,11 @@ function internalPool(transport: PoolTransport): InternalPool {
   return (transport as unknown as { transporter: InternalPool }).transporter;
 }
 
-/** The finished message as nodemailer's pool expects it: envelope plus a fresh stream. */
-function internalMail(message: RawMessage): InternalMail {
-  const bytes = Buffer.from(
-    message.bytes.buffer,
-    message.bytes.byteOffset,
-    message.bytes.byteLength,
-  );
+/** The message as nodemailer's pool expects it: envelope plus a fresh stream each time. */
+function internalMail(
+  message: RawMessage,
+  tooBig: (size: number) => MessageTooBig | undefined,
+): InternalMail {
   return {
     data: message.signal ? { signal: message.signal } : {},
     message: {
@@ -152,25 +164,63 @@ function internalMail(message: RawMessage): InternalMail {
       getEnvelope: () => ({
         from: message.from,
         to: [...message.to],
-        size: bytes.length,
+        size: message.size,
         use8BitMime: message.use8BitMime,
       }),
       messageId: () => "",
       getHeader: () => "",
-      createReadStream: () => {
-        const stream = new Readable({
-          read() {
-            this.push(bytes);
-            this.push(null);
-          },
-        });
-        // Registered before nodemailer pipes the stream into its dot-stuffing stream, so it
-        // runs before that stream is ended (which is when it writes the final dot).
-        if (message.onEnd) stream.once("end", message.onEnd);
-        return stream;
-      },
+      createReadStream: () => bodyStream(message, tooBig),
     },
   };
+}
+
+/**
+ * A stream of `message.body` from its first byte, following it as it arrives: it ends at
+ * the body's end (then nodemailer writes the final dot) and is destroyed if the body fails
+ * or grows past the provider's SIZE (`tooBig`), and nodemailer then closes the connection
+ * without a final dot.
+ */
+function bodyStream(
+  message: RawMessage,
+  tooBig: (size: number) => MessageTooBig | undefined,
+): Readable {
+  const body = message.body;
+  let next = 0;
+  let started = false;
+  let waiting = false;
+  const pull = () => {
+    waiting = false;
+    while (!stream.destroyed) {
+      const chunk = body.chunkAt(next);
+      if (chunk) {
+        const refusal = tooBig(body.length);
+        if (refusal) return void stream.destroy(refusal);
+        next++;
+        if (!stream.push(chunk)) return;
+        continue;
+      }
+      if (body.complete) return void stream.push(null);
+      if (body.failure) return void stream.destroy(body.failure);
+      if (!waiting) {
+        waiting = true;
+        body.changed(pull);
+      }
+      return;
+    }
+  };
+  const stream = new Readable({
+    read() {
+      if (!started) {
+        started = true;
+        message.onStart?.();
+      }
+      pull();
+    },
+  });
+  // Registered before nodemailer pipes the stream into its dot-stuffing stream, so it
+  // runs before that stream is ended (which is when it writes the final dot).
+  if (message.onEnd) stream.once("end", message.onEnd);
+  return stream;
 }
 
 /**
@@ -184,13 +234,25 @@ export function sendRaw(
   message: RawMessage,
 ): Promise<SMTPPoolSentMessageInfo> {
   const pool = internalPool(transport);
-  const mail = internalMail(message);
+  let refused: MessageTooBig | undefined;
+  let limit: number | undefined;
+  // A body that grows past the SIZE the provider advertised (it was not known when MAIL
+  // FROM went out) is cut before its end: the provider would refuse it after the dot.
+  const tooBig = (size: number) => {
+    limit ??= sizeLimit(pool, mail) ?? 0;
+    if (limit > 0 && size > limit) refused ??= new MessageTooBig(size, limit);
+    return refused;
+  };
+  const mail = internalMail(message, tooBig);
   return new Promise((ok, fail) => {
     pool.send(mail, (err, info) => {
       if (!err) return ok(info);
+      if (refused) return fail(refused);
       // Read now: the pool lets go of the connection's entry right after this callback.
       fail(
-        isSizeRefusal(err) ? new MessageTooBig(message.bytes.length, sizeLimit(pool, mail)) : err,
+        isSizeRefusal(err)
+          ? new MessageTooBig(message.size || message.body.length, sizeLimit(pool, mail))
+          : err,
       );
     });
   });
@@ -235,6 +297,100 @@ export function quitIdleConnections(transport: PoolTransport, max = Infinity): n
   }
   return quit;
 }
+
+/** nodemailer's `DataStream#_transform` (dot-stuffing, line ends), as it came. */
+type Transform = (
+  this: DataStreamInternals,
+  chunk: Buffer | string,
+  encoding: string,
+  done: () => void,
+) => void;
+
+/** What the replacement transform uses of a `DataStream`. */
+interface DataStreamInternals {
+  inByteCount: number;
+  outByteCount: number;
+  lastByte: number | false;
+  push(chunk: Uint8Array): boolean;
+}
+
+const dataStreamProto = DataStream.prototype as unknown as { _transform: Transform };
+/** nodemailer's own byte-by-byte transform: the fallback, and the reference of the check. */
+const byteByByte: Transform = dataStreamProto._transform;
+const CR = 0x0d;
+const LF = 0x0a;
+const DOT = 0x2e;
+const STUFFED_DOT = Buffer.from(".");
+const latin1 = new TextDecoder("latin1");
+/** A CR not followed by LF, or an LF not preceded by CR. */
+const BARE_LINE_END = /\r(?!\n)|(?<!\r)\n/g;
+
+/**
+ * nodemailer's dot-stuffing without a JavaScript loop over every byte: the usual chunk
+ * (every line ending CRLF) is searched natively, for bare line ends (a regular expression
+ * over its one-byte-per-character text) and for dots that start a line; only those dots are
+ * inserted, and a chunk without one passes through uncopied. A chunk with a bare CR or LF
+ * goes to nodemailer's own transform, which rewrites those; the output is the same byte
+ * for byte (checked at start-up by {@link checkNodemailer}).
+ */
+const nativeSearch: Transform = function (chunk, encoding, done) {
+  if (typeof chunk === "string" || chunk.length === 0) {
+    return byteByByte.call(this, chunk, encoding, done);
+  }
+  const len = chunk.length;
+  const prev = this.lastByte;
+  if ((prev === CR) !== (chunk[0] === LF)) return byteByByte.call(this, chunk, encoding, done);
+  const text = latin1.decode(chunk);
+  BARE_LINE_END.lastIndex = 0;
+  for (let m = BARE_LINE_END.exec(text); m; m = BARE_LINE_END.exec(text)) {
+    // A CR that ends the chunk is judged with the next chunk; an LF that starts it was.
+    if (m.index === len - 1 && chunk[m.index] === CR) continue;
+    if (m.index === 0 && prev === CR) continue;
+    return byteByByte.call(this, chunk, encoding, done);
+  }
+  const dots: number[] = [];
+  if (chunk[0] === DOT && (prev === LF || prev === false)) dots.push(0);
+  for (let at = text.indexOf("\n."); at !== -1; at = text.indexOf("\n.", at + 2)) {
+    dots.push(at + 1);
+  }
+  this.inByteCount += len;
+  this.lastByte = chunk[len - 1];
+  if (dots.length === 0) {
+    this.outByteCount += len;
+    this.push(chunk);
+    return done();
+  }
+  const parts: Uint8Array[] = [];
+  let from = 0;
+  for (const at of dots) {
+    if (at > from) parts.push(chunk.subarray(from, at));
+    parts.push(STUFFED_DOT);
+    from = at;
+  }
+  parts.push(chunk.subarray(from));
+  const out = Buffer.concat(parts, len + dots.length);
+  this.outByteCount += out.length;
+  this.push(out);
+  done();
+};
+if (typeof byteByByte === "function") dataStreamProto._transform = nativeSearch;
+
+/** Runs `transform` over `chunks` on a fresh DataStream; the bytes it produced. */
+function stuffWith(transform: Transform, chunks: Uint8Array[]): Uint8Array {
+  const stream = new DataStream() as unknown as DataStreamInternals;
+  const out: Uint8Array[] = [];
+  stream.push = (chunk) => out.push(chunk) > 0;
+  for (const c of chunks) transform.call(stream, Buffer.from(c), "buffer", () => {});
+  return Buffer.concat(out);
+}
+
+/** Inputs on which the two transforms must agree: every line-end and dot case, split. */
+const STUFFING_CASES = [
+  "a\r\n.b\r\n..c\r\n.\r\n",
+  ".start\r\nx\ny\rz\r\n\r.\n.",
+  "\r\n\r\n.\r\r\n\n\n.\r",
+  "no line end at all",
+];
 
 /** The pieces of nodemailer {@link checkNodemailer} examines; the real ones by default. */
 export interface NodemailerLibrary {
@@ -294,6 +450,21 @@ export async function checkNodemailer(
       `nodemailer ${library.version}: ${piece} (the relay relies on it; pin nodemailer ` +
         `${PINNED_NODEMAILER_VERSION} or update src/compat/nodemailer.ts)`,
     );
+
+  if (typeof byteByByte !== "function") {
+    throw missing("DataStream.prototype._transform (its dot-stuffing) is missing");
+  }
+  for (const text of STUFFING_CASES) {
+    const bytes = new TextEncoder().encode(text);
+    for (let cut = 0; cut <= bytes.length; cut++) {
+      const chunks = [bytes.subarray(0, cut), bytes.subarray(cut)];
+      if (!equalBytes(stuffWith(nativeSearch, chunks), stuffWith(byteByByte, chunks))) {
+        throw missing(
+          `DataStream's dot-stuffing differs from the relay's on ${JSON.stringify(text)}`,
+        );
+      }
+    }
+  }
 
   const proto = (library.SMTPConnection as { prototype?: Record<string, unknown> }).prototype;
   if (typeof proto?.send !== "function") throw missing("SMTPConnection.prototype.send is missing");
@@ -359,7 +530,8 @@ export async function checkNodemailer(
         sendRaw(transport, {
           from: "a@relay.invalid",
           to: ["b@relay.invalid"],
-          bytes: small,
+          body: MessageBody.of(small),
+          size: small.length,
           use8BitMime: false,
         }),
     );
@@ -374,7 +546,8 @@ export async function checkNodemailer(
         sendRaw(transport, {
           from: "a@relay.invalid",
           to: ["b@relay.invalid"],
-          bytes: big,
+          body: MessageBody.of(big),
+          size: big.length,
           use8BitMime: false,
         })
           .then(() => new Error("a message over SIZE was sent"), (err) => err),
@@ -395,7 +568,8 @@ export async function checkNodemailer(
         sendRaw(transport, {
           from: "a@relay.invalid",
           to: ["b@relay.invalid"],
-          bytes: small,
+          body: MessageBody.of(small),
+          size: small.length,
           use8BitMime: false,
           signal: AbortSignal.abort(),
         }).then(() => new Error("an aborted mail was sent"), (err) => err),

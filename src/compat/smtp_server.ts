@@ -27,6 +27,7 @@ interface ConnectionInternals {
   handler_QUIT: (command: unknown, callback: () => void) => void;
   handler_AUTH: (command: unknown, callback: () => void) => void;
   _onCommand: (command: unknown, callback?: () => void) => void;
+  handler_DATA: (command: unknown, callback: () => void) => void;
   _closing: boolean;
   _socket: Socket;
   _nextHandler: false | ((line: unknown, done: () => void) => void);
@@ -41,6 +42,7 @@ const METHODS = [
   "handler_QUIT",
   "handler_AUTH",
   "_onCommand",
+  "handler_DATA",
 ] as const;
 
 /**
@@ -234,6 +236,27 @@ export function onQuit(connection: Connection, onQuit: () => void): void {
   c.handler_QUIT = function (this: unknown, command: unknown, callback: () => void) {
     onQuit();
     quit.call(this, command, callback);
+  };
+}
+
+/**
+ * Runs `hook` when the client sends DATA after at least one accepted RCPT, before
+ * smtp-server handles it (calls `onData`, then sends its 354); smtp-server reads no further
+ * command until `hook` calls `proceed` (once). A DATA that smtp-server will refuse (no
+ * recipient) proceeds at once, without the hook.
+ */
+export function beforeData(connection: Connection, hook: (proceed: () => void) => void): void {
+  const c = connection as unknown as ConnectionInternals;
+  const data = c.handler_DATA;
+  c.handler_DATA = function (this: unknown, command: unknown, callback: () => void) {
+    const proceed = () => data.call(this, command, callback);
+    if (!c.session.envelope.rcptTo.length) return proceed();
+    let done = false;
+    hook(() => {
+      if (done) return;
+      done = true;
+      proceed();
+    });
   };
 }
 

@@ -9,6 +9,7 @@
  * @module
  */
 import type { Reply } from "../smtp/reply.ts";
+import type { MessageBody } from "../smtp/body.ts";
 
 /** Where a session comes from. */
 export interface Peer {
@@ -43,10 +44,17 @@ export interface Session {
   /** RCPT TO, after the ingress checked syntax and count. `undefined`: accepted. */
   rcpt(to: string): Promise<Reply | undefined>;
   /**
-   * The message (after dot-unstuffing, exactly as sent) for the transaction's sender and
-   * recipients. A 2xx only once it is delivered.
+   * DATA, for the transaction's sender and recipients. Called when the client sends DATA,
+   * before the ingress's 354: `body` fills as the message arrives (after dot-unstuffing,
+   * exactly as sent) and ends at the client's final dot; it fails (`body.failure`,
+   * `body.signal`) if the client goes away, times out or overruns the size limit, and
+   * then nothing may be delivered (the ingress gives the client its own reply, if any).
+   * The session calls `body.want()` when it is ready for the bytes (the provider said
+   * 354): the ingress sends its 354 then, or once the promise settles, or after a short
+   * wait at most. `size` is the client's SIZE= from MAIL FROM, if it gave one. The reply
+   * goes to the client after its final dot; a 2xx only once the message is delivered.
    */
-  data(message: Uint8Array): Promise<Reply>;
+  data(body: MessageBody, size?: number): Promise<Reply>;
   /** The transaction ended (RSET, EHLO, STARTTLS, after DATA): release what it holds. */
   reset(): void;
   /** The client is gone. Called exactly once; releases everything the session holds. */

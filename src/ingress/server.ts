@@ -19,9 +19,11 @@ import { recipientProblem } from "./address.ts";
 import { classifyRefusal, type ReplyReason } from "./replies.ts";
 import { DEFAULTS } from "../config/defaults.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
+import { BodyIncomplete, MessageBody } from "../smtp/body.ts";
 import {
   attach,
   attached,
+  beforeData,
   captureNew,
   coalesceWrites,
   type Connection,
@@ -144,6 +146,10 @@ class Client {
   ending = false;
   /** The client vanished mid-DATA (logged once): later replies are not refusals. */
   gone = false;
+  /** From DATA to its reply: the message as it arrives, handed to the backend at DATA. */
+  body?: MessageBody;
+  /** From DATA to its reply: the backend's reply to the message (never rejects). */
+  reply?: Promise<Reply>;
 
   constructor(connection: Connection) {
     this.connection = connection;
@@ -248,6 +254,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
   );
   const shedIdleMs = (o.limits.idleShedSeconds ?? DEFAULTS.idleShedSeconds) * 1000;
   const servers: Listener[] = [];
+  const goAheadMs = Math.min(GO_AHEAD_WAIT_MS, o.limits.idleTimeoutMs / 4);
 
   let draining = false;
   let drained: (() => void) | undefined;
@@ -409,6 +416,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
     clearTimeout(c.timer);
     limiter.release(c.ip);
     observer?.sessionClosed();
+    c.body?.fail(new BodyIncomplete("gone", "the client went away before the end of the message"));
     try {
       c.session?.logout();
     } catch (err) {
@@ -489,6 +497,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
           const r = reply(421, "4.3.0", "Local error in processing, try later");
           return callback(refuse(c, "local_error", r));
         }
+        beforeData(c.connection, (proceed) => beginData(c, proceed, goAheadMs, o.onError));
         clients.add(c);
         observer?.sessionOpened();
         c.timer = setTimeout(
@@ -599,15 +608,22 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         });
       },
 
-      onData(stream, session, reply_) {
+      onData(stream_, session, reply_) {
         // smtp-server calls this when it accepts DATA, before it sends the 354: from here
         // on the client may send the message, so the drain lets the transaction finish.
+        // The backend has had the message since the DATA command (beginData).
         const c = clientOf(session);
+        const stream = stream_ as SMTPServerDataStream;
+        if (!c.body || !c.reply) beginData(c, () => {}, 0, o.onError);
+        const body = c.body!;
+        const pending = c.reply!;
         c.busy = true;
-        c.arriving = stream as SMTPServerDataStream;
+        c.arriving = stream;
         const callback: typeof reply_ = (err, message) => {
           c.busy = false;
           c.arriving = undefined;
+          c.body = undefined;
+          c.reply = undefined;
           // The stream has ended (read to its end, or destroyed), so smtp-server writes the
           // reply within this call, then reads on: a command pipelined after the message is
           // dispatched, but a DATA cannot be, since MAIL and RCPT answer asynchronously.
@@ -620,9 +636,27 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
             c.send(SHUTTING_DOWN.code, formatText(SHUTTING_DOWN), "shutdown");
           }
         };
-        collect(stream).then((message) => {
+        // The bytes go to the backend as they arrive; over the size limit the message is
+        // given up at once (never completed upstream) and the rest is read and dropped.
+        stream.on("data", (chunk: Uint8Array) => {
+          if (stream.sizeExceeded) {
+            body.fail(new BodyIncomplete("size", "the message exceeds the size limit"));
+          } else body.push(chunk);
+        });
+        // The client went away mid-message (smtp-server destroys the stream): never complete.
+        stream.once("error", (err) => {
+          if ((err as { code?: string }).code === "ECONNECTION") {
+            logCutOff(c, stream.byteLength ?? 0);
+          }
+          o.onError?.(err);
+          body.fail(
+            new BodyIncomplete("gone", "the client went away before the end of the message"),
+          );
+        });
+        stream.once("end", () => {
           c.arriving = undefined;
-          if ((stream as SMTPServerDataStream).sizeExceeded) {
+          if (stream.sizeExceeded) {
+            body.fail(new BodyIncomplete("size", "the message exceeds the size limit"));
             return callback(refuse(
               c,
               "size",
@@ -633,17 +667,11 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
               ),
             ));
           }
-          return c.session!.data(message).then((r) => {
+          body.end();
+          pending.then((r) => {
             if (isPositive(r)) callback(null, formatText(r));
             else callback(refuse(c, "message", r));
           });
-        }).catch((err) => {
-          // The client went away mid-message: smtp-server destroyed the stream.
-          if ((err as { code?: string }).code === "ECONNECTION") {
-            logCutOff(c, (stream as SMTPServerDataStream).byteLength ?? 0);
-          }
-          o.onError?.(err);
-          callback(refuse(c, "local_error", LOCAL_ERROR));
         });
       },
     };
@@ -739,27 +767,48 @@ function closeServer(server: SMTPServer): Promise<void> {
   return new Promise<void>((ok) => server.close(() => ok()));
 }
 
-/** Reads the DATA stream into one buffer (drained to the end even when oversized). */
-async function collect(stream: SMTPServerDataStream): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  let length = 0;
-  let keep = true;
-  for await (const chunk of stream as AsyncIterable<Uint8Array>) {
-    if (keep && (stream as SMTPServerDataStream).sizeExceeded) {
-      keep = false;
-      chunks.length = 0;
-    }
-    if (keep) {
-      chunks.push(chunk);
-      length += chunk.length;
-    }
+/**
+ * Longest the 354 waits for the backend's go-ahead (the provider's own 354), ms; at most a
+ * quarter of the idle timeout, so a client never sits near its idle limit before the 354.
+ */
+export const GO_AHEAD_WAIT_MS = 1_000;
+
+/**
+ * DATA: hands the backend the message that is about to arrive, then lets smtp-server go on
+ * (its 354) once the backend wants the bytes (the provider said 354), or has answered
+ * already, or after {@link GO_AHEAD_WAIT_MS}: the client's message then starts when the
+ * provider can take it, and its final dot is followed by the provider's at once.
+ */
+function beginData(
+  c: Client,
+  proceed: () => void,
+  waitMs: number,
+  onError?: (err: unknown) => void,
+): void {
+  const session = c.session;
+  if (!session) return proceed();
+  const body = new MessageBody();
+  const args = c.connection.session.envelope.mailFrom
+    ? (c.connection.session.envelope.mailFrom.args as Record<string, string> | false)
+    : false;
+  const declared = args && Number(args.SIZE);
+  c.busy = true;
+  c.body = body;
+  let answer: Promise<Reply>;
+  try {
+    answer = session.data(body, declared && declared > 0 ? declared : undefined);
+  } catch (err) {
+    answer = Promise.reject(err);
   }
-  if (chunks.length === 1) return chunks[0];
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  c.reply = answer.catch((err) => {
+    onError?.(err);
+    return LOCAL_ERROR;
+  });
+  const timer = setTimeout(proceed, waitMs);
+  const go = () => {
+    clearTimeout(timer);
+    proceed();
+  };
+  body.wanted.then(go);
+  c.reply.then(go);
 }

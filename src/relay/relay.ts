@@ -21,6 +21,7 @@ import { PasswordVerifier, verifyNobody } from "./password.ts";
 import type { QuotaKind, QuotaLimits } from "../quota/quota.ts";
 import { isReservation, type Quotas } from "../quota/quotas.ts";
 import { DEFAULTS } from "../config/defaults.ts";
+import { MessageBody } from "../smtp/body.ts";
 
 /** How one message ended, as counted in metrics. */
 export type MessageResult =
@@ -107,8 +108,10 @@ interface Transaction {
   readonly from: string;
   /** RCPT TO addresses, in order. */
   readonly to: readonly string[];
-  /** The message bytes after dot-unstuffing, exactly as sent. */
-  readonly message: Uint8Array;
+  /** The message bytes after dot-unstuffing, exactly as sent, possibly still arriving. */
+  readonly body: MessageBody;
+  /** The client's SIZE= of MAIL FROM, if it gave one. */
+  readonly size?: number;
 }
 
 interface Entry {
@@ -123,6 +126,8 @@ interface Entry {
 const log = getLogger(["relay", "message"]);
 const authLog = getLogger(["relay", "auth"]);
 const MAX_REPLY_TEXT = 400;
+/** What {@link Relay.deliver} answers for a message whose body never completed (unused). */
+const INCOMPLETE = reply(451, "4.3.0", "Message incomplete, not delivered");
 /** Provider text in a reply to the client: one line, at most {@link MAX_REPLY_TEXT}. */
 const clipReply = (text: string) => clip(text, MAX_REPLY_TEXT);
 
@@ -300,18 +305,44 @@ export class Relay implements Backend {
    */
   async deliver(entry: Entry, tx: Transaction): Promise<Reply> {
     const started = performance.now();
-    const arrivedAt = Date.now();
     const control = new AbortController();
     const timeoutMs = this.#deliveryTimeoutMs;
-    const timer = setTimeout(() => control.abort(new GaveUp("deadline", timeoutMs)), timeoutMs);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let arrivedAt = Date.now();
+    let settled = false;
+    // The deadline runs from the end of the message; while it arrives, the client's own
+    // pace (and the ingress's timeouts) bound it.
+    tx.body.settled.then(() => {
+      arrivedAt = Date.now();
+      if (tx.body.complete && !control.signal.aborted && !settled) {
+        timer = setTimeout(() => control.abort(new GaveUp("deadline", timeoutMs)), timeoutMs);
+      }
+    });
     this.#inflight.add(control);
     if (this.#abandoning) control.abort(new GaveUp("shutdown", 0));
     let outcome: Outcome;
     try {
-      outcome = await this.#attempt(entry.account, tx, control.signal);
+      outcome = await this.#attempt(
+        entry.account,
+        tx,
+        AbortSignal.any([control.signal, tx.body.signal]),
+      );
     } finally {
+      settled = true;
       clearTimeout(timer);
       this.#inflight.delete(control);
+    }
+    // Given up on while the client was still sending: what counts is whether the message
+    // then completes (its client keeps the reply) or not (the ingress answers, if anyone).
+    if (!tx.body.complete) await tx.body.settled;
+    if (tx.body.failure) {
+      // The client's message never completed (gone, timed out, too big): nothing was
+      // delivered, and the ingress answers (or nobody is left to answer).
+      log.info("{account}: message not delivered, the client's message was incomplete: {why}", {
+        account: entry.account.email,
+        why: tx.body.failure.message,
+      });
+      return INCOMPLETE;
     }
     const refused = outcome.refusedRecipients;
     if (refused.length > 0 && tx.from !== "") {
@@ -325,7 +356,7 @@ export class Relay implements Backend {
     const props = {
       account: entry.account.email,
       result: outcome.result,
-      size: tx.message.length,
+      size: tx.body.length,
       recipients: tx.to.length,
       refused: refused.length,
       reply: formatReply(outcome.reply),
@@ -377,20 +408,20 @@ export class Relay implements Backend {
   ): Promise<[ReportResult, string]> {
     const reserved = await this.#quotas.reserve(account.email, account.quota, 1);
     if (!isReservation(reserved)) return ["skipped", quotaText(account.email, reserved)];
-    const raw = nonDeliveryReport({
+    const raw = MessageBody.of(nonDeliveryReport({
       reportingMta: this.#name,
       account: account.email,
       sender: tx.from,
       recipients: refused,
-      original: tx.message,
+      original: await tx.body.bytes(),
       arrival,
-    });
+    }));
     // A report has the same deadline as a message (it is not waited for by anyone, but
     // must not hold a connection to a stalled provider).
     const signal = AbortSignal.timeout(this.#deliveryTimeoutMs);
-    let r = await account.deliver({ from: "", to: [tx.from], raw, signal });
+    let r = await account.deliver({ from: "", to: [tx.from], body: raw, signal });
     if (r.kind === "rejected") {
-      r = await account.deliver({ from: account.email, to: [tx.from], raw, signal });
+      r = await account.deliver({ from: account.email, to: [tx.from], body: raw, signal });
     }
     if (r.kind === "sent" && r.refusedRecipients.length === 0) {
       reserved.commit();
@@ -429,7 +460,8 @@ export class Relay implements Backend {
     const delivered = account.deliver({
       from: tx.from,
       to: tx.to,
-      raw: tx.message,
+      body: tx.body,
+      ...(tx.size ? { size: tx.size } : {}),
       signal,
       progress,
     }).then((result) => {
@@ -500,10 +532,10 @@ class RelaySession implements Session {
     return Promise.resolve(undefined);
   }
 
-  data(message: Uint8Array): Promise<Reply> {
+  data(body: MessageBody, size?: number): Promise<Reply> {
     const sender = this.#sender;
     if (!sender) return Promise.resolve(reply(503, "5.5.1", "Bad sequence of commands"));
-    const tx = { from: this.#from, to: this.#to, message };
+    const tx = { from: this.#from, to: this.#to, body, size };
     return this.#relay.deliver(sender, tx);
   }
 

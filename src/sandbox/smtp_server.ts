@@ -93,7 +93,12 @@ export interface SmtpFaults {
   rejectDataCount: number;
   /** Drop the connection in the middle of DATA (nothing recorded, no reply) for the next N messages. */
   dropDataNext: number;
-  /** Wait this long before answering MAIL FROM, each RCPT TO and the end of DATA. */
+  /**
+   * Wait this long before answering MAIL FROM, each RCPT TO and the end of DATA: a slow
+   * server, not a distant one. The waits add up one after another, pipelined or not (a
+   * pipelined MAIL, RCPT and DATA wait one delay each in turn), so it cannot show what
+   * pipelining saves; `bench/forwarder.ts` puts a provider at a distance.
+   */
   replyDelayMs: number;
   /** Answer AUTH with `432 4.3.2` when the user already has this many authenticated sessions; null = no limit. */
   maxConnectionsPerUser: number | null;
@@ -111,6 +116,10 @@ export interface SmtpStats {
   errors: number;
   /** QUIT commands received (clients that said goodbye). */
   quits: number;
+  /** DATA commands accepted (354 sent), whether or not the message was then completed. */
+  dataStarted: number;
+  /** Message bytes received as they arrive (dot-unstuffed), completed messages or not. */
+  dataBytes: number;
 }
 
 /** Options of {@link SandboxSmtpServer.start}. */
@@ -170,6 +179,8 @@ export class SandboxSmtpServer {
     authFailures: 0,
     errors: 0,
     quits: 0,
+    dataStarted: 0,
+    dataBytes: 0,
   };
 
   readonly #server: HookedServer;
@@ -367,9 +378,11 @@ export class SandboxSmtpServer {
     const chunks: Buffer[] = [];
     const drop = this.faults.dropDataNext > 0;
     if (drop) this.faults.dropDataNext--;
+    this.stats.dataStarted++;
     // Emitted when the connection goes away mid-message; nothing to record.
     stream.on("error", () => {});
     stream.on("data", (chunk: Buffer) => {
+      this.stats.dataBytes += chunk.length;
       if (!drop) return void chunks.push(chunk);
       const connection = connectionOf(this.#server, session);
       if (connection) destroySocket(connection);

@@ -25,6 +25,7 @@ import {
   socketHandOver,
 } from "../compat/nodemailer.ts";
 import { type ConnectionPermits, LocalPermits, type Permit } from "./permits.ts";
+import type { MessageBody } from "../smtp/body.ts";
 
 /** Where and how one account's mail goes. */
 export interface UpstreamTarget {
@@ -157,8 +158,18 @@ export interface OutgoingMessage {
   readonly from: string;
   /** RCPT TO addresses. */
   readonly to: readonly string[];
-  /** The message exactly as the client sent it (after dot-unstuffing). */
-  readonly raw: Uint8Array;
+  /**
+   * The message exactly as the client sends it (after dot-unstuffing), possibly still
+   * arriving: the envelope goes upstream at once and the body follows as it arrives; the
+   * final dot only once it is complete, never if it fails. A transport that needs the
+   * whole message in one buffer awaits `body.bytes()`.
+   */
+  readonly body: MessageBody;
+  /**
+   * The size for MAIL FROM's SIZE= while the body is still arriving (the client's own
+   * SIZE=, if it gave one); a complete body's length is used when this is absent.
+   */
+  readonly size?: number;
   /**
    * Gives up on the message (its deadline, shutdown): {@link UpstreamPool.send} then
    * resolves to `abandoned` at once. Not yet sent, it never will be: it leaves the queue, or
@@ -265,22 +276,29 @@ export class UpstreamPool {
   }
 
   /**
-   * Sends one message; never throws. With `message.signal` aborted, resolves to `abandoned`
-   * at once (see {@link OutgoingMessage.signal}).
+   * Sends one message; never throws. With `message.signal` aborted or its body failed,
+   * resolves to `abandoned` at once (see {@link OutgoingMessage.signal}).
    */
   async send(message: OutgoingMessage): Promise<UpstreamResult> {
-    const signal = message.signal;
+    // A body that fails (the client went away mid-message) gives the message up as well.
+    const signal = message.signal
+      ? AbortSignal.any([message.signal, message.body.signal])
+      : message.body.signal;
     let endSent = false;
     if (signal?.aborted) return { kind: "abandoned", endSent };
     try {
       const info = await sendRaw(this.#transport, {
         from: asciiDomain(message.from),
         to: message.to,
-        bytes: message.raw,
-        // MAIL FROM carries SIZE= (a provider refuses an oversized message before it is
-        // sent) and, for a message with 8-bit bytes, BODY=8BITMIME (RFC 6152), where offered.
-        use8BitMime: has8Bit(message.raw),
+        body: message.body,
+        // MAIL FROM carries SIZE= when the size is known (a provider refuses an oversized
+        // message before it is sent) and BODY=8BITMIME, where offered: the envelope goes
+        // out before the body is in, so whether it has 8-bit bytes is not known yet, and
+        // RFC 6152 lets a sender declare 8BITMIME for any content (no scan of the bytes).
+        size: message.size ?? (message.body.complete ? message.body.length : 0),
+        use8BitMime: true,
         signal,
+        onStart: () => message.body.want(),
         onEnd: () => {
           endSent = true;
           if (message.progress) message.progress.endSent = true;
@@ -425,18 +443,6 @@ function asciiDomain(address: string): string {
   if (/[\u0080-\uffff]/.test(address.slice(0, at))) return address;
   const domain = domainToASCII(address.slice(at + 1));
   return domain ? `${address.slice(0, at)}@${domain}` : address;
-}
-
-/** True when any byte is outside 7-bit ASCII (four bytes at a time: 25 MB in a few ms). */
-export function has8Bit(raw: Uint8Array): boolean {
-  let i = 0;
-  const head = (4 - (raw.byteOffset % 4)) % 4;
-  if (raw.length < head + 4) return raw.some((b) => b > 0x7f);
-  for (; i < head; i++) if (raw[i] & 0x80) return true;
-  const words = new Uint32Array(raw.buffer, raw.byteOffset + i, (raw.length - i) >>> 2);
-  for (let w = 0; w < words.length; w++) if (words[w] & 0x80808080) return true;
-  for (i += words.length * 4; i < raw.length; i++) if (raw[i] & 0x80) return true;
-  return false;
 }
 
 /**

@@ -55,10 +55,15 @@ export class FakeBackend implements Backend {
         this.calls.push(`rcpt <${to}>`);
         return answer("rcpt", undefined);
       },
-      data: (message) => {
+      data: async (body) => {
+        // Called at DATA; the message is recorded once the client's final dot is in.
+        body.want();
+        await body.settled;
+        if (body.failure) return reply(451, "4.3.0", "incomplete");
+        const message = await body.bytes();
         this.calls.push(`data ${message.length}`);
         this.messages.push(message);
-        return answer("data", reply(250, "2.0.0", "OK queued")) as Promise<SmtpReply>;
+        return await (answer("data", reply(250, "2.0.0", "OK queued")) as Promise<SmtpReply>);
       },
       reset: () => this.calls.push("reset"),
       logout: () => {

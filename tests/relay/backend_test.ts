@@ -11,6 +11,8 @@ import type { QuotaSnapshot } from "../../src/quota/quota.ts";
 import type { StateStore } from "../../src/state/store.ts";
 import { hashPassword } from "../../src/relay/password.ts";
 import { reply } from "../../src/smtp/reply.ts";
+import { BodyIncomplete, MessageBody } from "../../src/smtp/body.ts";
+import { until } from "../harness.ts";
 
 /** A state store in memory. */
 class MemoryStore implements StateStore<QuotaSnapshot> {
@@ -93,21 +95,27 @@ Deno.test("backend: data without a sender is a sequence error; recipients and by
   const a = fakeAccount("a@example.com");
   const { relay } = relayWith([a]);
   const s = relay.newSession(peer);
-  assert.deepEqual(await s.data(body), reply(503, "5.5.1", "Bad sequence of commands"));
+  assert.deepEqual(
+    await s.data(MessageBody.of(body)),
+    reply(503, "5.5.1", "Bad sequence of commands"),
+  );
   await s.auth("a@example.com", PASSWORD);
   await s.mail("a@example.com", true);
   await s.rcpt("x@example.net");
   await s.rcpt("y@example.net");
-  const r = await s.data(body);
+  const r = await s.data(MessageBody.of(body));
   assert.equal(r.code, 250);
   assert.deepEqual(a.sent.map((m) => [m.from, m.to]), [["a@example.com", [
     "x@example.net",
     "y@example.net",
   ]]]);
-  assert.equal(a.sent[0].raw, body);
+  assert.equal(await a.sent[0].body.bytes(), body);
   // The next transaction starts empty.
   s.reset();
-  assert.deepEqual(await s.data(body), reply(503, "5.5.1", "Bad sequence of commands"));
+  assert.deepEqual(
+    await s.data(MessageBody.of(body)),
+    reply(503, "5.5.1", "Bad sequence of commands"),
+  );
   s.logout();
 });
 
@@ -123,7 +131,7 @@ Deno.test("backend: only what the provider took counts against the quota; a refu
   const send = async () => {
     await s.mail("a@example.com", true);
     await s.rcpt("x@example.net");
-    const r = await s.data(body);
+    const r = await s.data(MessageBody.of(body));
     s.reset();
     return r;
   };
@@ -162,7 +170,7 @@ Deno.test("backend: a client gone mid-delivery does not undo the quota use of a 
   await s.auth("a@example.com", PASSWORD);
   await s.mail("a@example.com", true);
   await s.rcpt("x@example.net");
-  const pending = s.data(body);
+  const pending = s.data(MessageBody.of(body));
   s.logout(); // the client vanished while the provider works
   release();
   assert.equal((await pending).code, 250);
@@ -179,15 +187,51 @@ Deno.test("backend: quota counters belong to the address, across account objects
   // A reload replaces the account object before the message's DATA.
   const after = fakeAccount("a@example.com", [], { aliases: ["b@example.com"] });
   relay.update([after], {});
-  assert.equal((await s.data(body)).code, 250); // sent through the account it began with
+  assert.equal((await s.data(MessageBody.of(body))).code, 250); // sent through the account it began with
   assert.equal(before.sent.length, 1);
   const t = relay.newSession(peer);
   await t.auth("a@example.com", PASSWORD);
   assert.equal(await t.mail("b@example.com", true), undefined); // the new alias
   await t.rcpt("x@example.net");
-  assert.equal((await t.data(body)).code, 250);
+  assert.equal((await t.data(MessageBody.of(body))).code, 250);
   await t.mail("a@example.com", true);
   await t.rcpt("x@example.net");
-  assert.equal((await t.data(body)).code, 451); // 2 per minute, shared
+  assert.equal((await t.data(MessageBody.of(body))).code, 451); // 2 per minute, shared
   assert.equal((await quotas.usage("A@example.com")).lastMinute, 2);
+});
+
+Deno.test("backend: a body that fails mid-delivery gives the message up: signal aborted, no quota use, no outcome counted", async () => {
+  let seen: OutgoingMessage | undefined;
+  const a = fakeAccount("a@example.com", [], {
+    deliver: (m) => {
+      seen = m;
+      // An upstream that waits for the whole body, as the pool does before its final dot.
+      return new Promise((ok) =>
+        m.signal!.addEventListener("abort", () => ok({ kind: "abandoned", endSent: false }))
+      );
+    },
+  });
+  const quotas = new LocalQuotas(new MemoryStore(), { now: () => T0 });
+  const outcomes: string[] = [];
+  const relay = new Relay([a], {}, {
+    messageDone: (result) => void outcomes.push(result),
+    quotaDeferred: () => {},
+    reportDone: () => {},
+  }, { name: "relay.test", quotas });
+  const s = relay.newSession(peer);
+  await s.auth("a@example.com", PASSWORD);
+  await s.mail("a@example.com", true);
+  await s.rcpt("x@example.net");
+  const incoming = new MessageBody();
+  const pending = s.data(incoming, 5_000);
+  incoming.push(new TextEncoder().encode("Subject: half\r\n"));
+  await until(() => seen !== undefined, 2_000);
+  assert.equal(seen!.size, 5_000); // the client's SIZE= goes with the envelope
+  assert.equal(seen!.body, incoming); // handed on while it arrives
+  incoming.fail(new BodyIncomplete("gone", "the client went away"));
+  assert.equal((await pending).code, 451);
+  assert.equal(seen!.signal!.aborted, true);
+  assert.deepEqual(outcomes, []);
+  assert.equal((await quotas.usage("a@example.com")).lastMinute, 0);
+  s.logout();
 });

@@ -13,7 +13,10 @@ import { plain, RawSmtp } from "../smtp_client.ts";
 
 const EXPIRED = "451 4.4.7 Delivery time limit (1 s) reached, try again later";
 
-/** A logged-in session with DATA accepted (354), ready for the body. */
+/**
+ * A logged-in session with DATA accepted (354), ready for the body. The relay starts the
+ * upstream transaction at DATA and sends its 354 after the provider's, or after 1 s.
+ */
 async function atData(h: Harness): Promise<RawSmtp> {
   const a = h.accounts[0];
   const { client } = await RawSmtp.connect(h.relay.smtp.port);
@@ -118,7 +121,9 @@ Deno.test("deadline: the provider has the whole message and does not answer: 451
 Deno.test("deadline: a slow token endpoint: 451 4.4.7 at the deadline, and the token that comes later sends nothing", async () => {
   const h = await startHarness({ config: { deliveryTimeoutSeconds: 1 } });
   try {
-    h.sandbox.tokenFaults.delayMs = 2_000;
+    // The token request starts at DATA (the 354 waits for it at most 1 s), the deadline at
+    // the final dot (1 s later): the token comes at 4 s, after the deadline.
+    h.sandbox.tokenFaults.delayMs = 4_000;
     const client = await atData(h);
     const r = await finish(client, "token");
     assert.equal(r.reply, EXPIRED);

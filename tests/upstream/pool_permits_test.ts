@@ -14,6 +14,7 @@ import {
   type UpstreamTarget,
 } from "../../src/upstream/pool.ts";
 import { type ConnectionPermits, LocalPermits } from "../../src/upstream/permits.ts";
+import { MessageBody } from "../../src/smtp/body.ts";
 import { makeAccounts, rawMessage, until } from "../harness.ts";
 
 const USER = "user0@example.com";
@@ -21,7 +22,7 @@ const USER = "user0@example.com";
 const message = {
   from: USER,
   to: ["r@example.net"],
-  raw: rawMessage(USER, "r@example.net", "x\r\n"),
+  body: MessageBody.of(rawMessage(USER, "r@example.net", "x\r\n")),
 };
 
 function target(port: number, ca: string | undefined, extra: Partial<UpstreamTarget> = {}) {
