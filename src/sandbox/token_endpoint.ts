@@ -121,6 +121,18 @@ function noFaults(): TokenEndpointFaults {
 interface IssuedToken {
   email: string;
   expiresAt: number;
+  /** The scope the client asked for (the endpoint's {@link TokenEndpoint.scope} if none). */
+  scope: string;
+}
+
+/** What the endpoint knows of an access token it issued (for the sandbox's HTTP APIs). */
+export interface AccessTokenInfo {
+  /** Lower-cased mailbox it was issued for. */
+  readonly email: string;
+  /** Space-separated scopes granted. */
+  readonly scope: string;
+  /** When it expires (`Date.now()` scale). */
+  readonly expiresAt: number;
 }
 
 interface DeviceGrant {
@@ -345,6 +357,16 @@ export class TokenEndpoint {
   }
 
   /**
+   * The token's account and granted scope, if this endpoint issued it and it has not
+   * expired (the sandbox's HTTP APIs check the scope with it).
+   */
+  accessTokenInfo(token: string): AccessTokenInfo | undefined {
+    const issued = this.#accessTokens.get(token);
+    if (issued === undefined || Date.now() >= issued.expiresAt) return undefined;
+    return { email: issued.email, scope: issued.scope, expiresAt: issued.expiresAt };
+  }
+
+  /**
    * Approves a pending device authorization (the user entered `userCode` and signed in
    * as `email`). Throws if the code is unknown or expired, or the account is not
    * registered for the client that asked.
@@ -544,7 +566,8 @@ export class TokenEndpoint {
         "The refresh token is invalid, expired, revoked or was issued to another client",
       );
     }
-    const accessToken = this.#issueAccessToken(email);
+    // The scope asked for is the scope granted (a refresh may narrow it, RFC 6749 §6).
+    const accessToken = this.#issueAccessToken(email, params.get("scope") ?? undefined);
     this.stats.refreshes++;
     this.stats.refreshesByEmail.set(
       email,
@@ -756,7 +779,7 @@ export class TokenEndpoint {
     });
   }
 
-  #issueAccessToken(email: string): string {
+  #issueAccessToken(email: string, scope = this.scope): string {
     const now = Date.now();
     for (const [token, issued] of this.#accessTokens) {
       if (issued.expiresAt <= now) this.#accessTokens.delete(token);
@@ -765,6 +788,7 @@ export class TokenEndpoint {
     this.#accessTokens.set(token, {
       email,
       expiresAt: now + this.accessTokenTtlSeconds * 1000,
+      scope,
     });
     return token;
   }
