@@ -122,6 +122,8 @@ export class SandboxHttpApi {
   readonly inflight = new Map<string, number>();
   /** Most requests seen at once per lower-cased mailbox. */
   readonly peakInflight = new Map<string, number>();
+  /** Every bearer token presented (for tests that look for tokens in output); never logged. */
+  readonly bearerTokens = new Set<string>();
   readonly #tokens: TokenEndpoint;
   /** Extra addresses each mailbox may send as (lower-cased). */
   readonly #sendAs = new Map<string, Set<string>>();
@@ -222,7 +224,10 @@ export class SandboxHttpApi {
     // The token: issued by the sandbox, not expired, for this mailbox, with the scope.
     const auth = req.headers.get("authorization") ?? "";
     const token = /^Bearer (\S+)$/i.exec(auth)?.[1];
-    if (token) this.stats.tokensSeen++;
+    if (token) {
+      this.stats.tokensSeen++;
+      this.bearerTokens.add(token);
+    }
     const info = token ? this.#tokens.accessTokenInfo(token) : undefined;
     if (!info) {
       await req.body?.cancel();
