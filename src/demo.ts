@@ -2,6 +2,8 @@
  * `deno task demo`: the whole loop on this machine. Starts the sandbox provider and a
  * relay for one sandbox account, sends a message through the relay, shows what the
  * provider received and which metrics moved, then keeps serving for swaks.
+ * `deno task demo --graph` (or `--gmail-api`) routes the account through the sandbox's
+ * Microsoft Graph (Gmail API) over HTTPS instead of SMTP.
  * @module
  */
 import nodemailer from "nodemailer";
@@ -29,9 +31,15 @@ async function scrape(port: number): Promise<Map<string, string>> {
 
 if (import.meta.main) {
   await setupLogging("pretty");
+  const transport = Deno.args.includes("--graph")
+    ? "graph"
+    : Deno.args.includes("--gmail-api")
+    ? "gmail-api"
+    : "smtp";
   const sandbox = await startSandbox({
     tokenPort: Number(new URL(SANDBOX_DEFAULTS.tokenUrl).port),
     smtpPort: SANDBOX_DEFAULTS.smtpPort,
+    apiPort: Number(new URL(SANDBOX_DEFAULTS.apiUrl).port),
   });
   const refreshToken = `demo-refresh-${crypto.randomUUID()}`;
   sandbox.addAccount({ email: EMAIL, clientId: "demo-client", refreshToken });
@@ -43,6 +51,7 @@ if (import.meta.main) {
       clientId: "demo-client",
       refreshToken,
       passwordHash: await hashPassword(PASSWORD),
+      transport,
     }],
   }));
   const before = await scrape(relay.http.port);
@@ -58,14 +67,27 @@ if (import.meta.main) {
     from: EMAIL,
     to: "friend@example.net",
     subject: "Hello through the relay",
-    text: "Sent with AUTH PLAIN to the relay, relayed with XOAUTH2 to the sandbox.\n",
+    text: transport === "smtp"
+      ? "Sent with AUTH PLAIN to the relay, relayed with XOAUTH2 to the sandbox.\n"
+      : `Sent with AUTH PLAIN to the relay, relayed over HTTPS to the sandbox's ${transport}.\n`,
   });
   client.close();
   console.log(`\nclient got: ${info.response}`);
 
-  const got = sandbox.received.at(-1)!;
-  console.log(`\nsandbox received from <${got.from}> to <${got.to.join(">, <")}> as ${got.user}:`);
-  console.log(new TextDecoder().decode(got.data).replaceAll("\r\n", "\n").replace(/^/gm, "  | "));
+  if (transport === "smtp") {
+    const got = sandbox.received.at(-1)!;
+    console.log(
+      `\nsandbox received from <${got.from}> to <${got.to.join(">, <")}> as ${got.user}:`,
+    );
+    console.log(new TextDecoder().decode(got.data).replaceAll("\r\n", "\n").replace(/^/gm, "  | "));
+  } else {
+    const got = sandbox.api!.received.at(-1)!;
+    console.log(
+      `\nsandbox ${got.api} API received for ${got.mailbox} (${got.upload}), ` +
+        `delivering to <${got.recipients.join(">, <")}>:`,
+    );
+    console.log(new TextDecoder().decode(got.mime).replaceAll("\r\n", "\n").replace(/^/gm, "  | "));
+  }
 
   const after = await scrape(relay.http.port);
   console.log("metrics that moved:");
