@@ -206,7 +206,7 @@ export class HttpTransport implements Transport {
       } catch (err) {
         return { kind: "token", error: err instanceof Error ? err : new Error(String(err)) };
       }
-      let answer = await this.#post(request, token, message);
+      let answer = await this.#post(request, token, message, permit.revoked);
       if ("kind" in answer) return answer;
       if (answer.status === 401) {
         // The API refused the token: one refresh, one retry.
@@ -215,7 +215,7 @@ export class HttpTransport implements Transport {
         } catch (err) {
           return { kind: "token", error: err instanceof Error ? err : new Error(String(err)) };
         }
-        answer = await this.#post(request, token, message);
+        answer = await this.#post(request, token, message, permit.revoked);
         if ("kind" in answer) return answer;
         if (answer.status === 401) {
           const e = apiError(answer.status, answer.headers, answer.body);
@@ -258,11 +258,15 @@ export class HttpTransport implements Transport {
     }
   }
 
-  /** One POST; an answer, or the outcome when there is none. */
+  /**
+   * One POST; an answer, or the outcome when there is none. A `revoked` request slot (a
+   * shared backend lost its lease) ends the request at once.
+   */
   async #post(
     request: ApiRequest,
     token: string,
-    message?: OutgoingMessage,
+    message: OutgoingMessage | undefined,
+    revoked: AbortSignal,
   ): Promise<{ status: number; headers: Headers; body: string } | UpstreamResult> {
     const signal = message?.signal;
     const timeoutMs = this.#options.timeoutMs ?? DEFAULT_HTTP_TIMEOUT_MS;
@@ -282,7 +286,7 @@ export class HttpTransport implements Transport {
         client: this.#client,
         headers: { ...request.headers, authorization: `Bearer ${token}` },
         body: request.body,
-        signal: AbortSignal.any([timeout, ...(signal ? [signal] : [])]),
+        signal: AbortSignal.any([timeout, revoked, ...(signal ? [signal] : [])]),
       });
       const body = await response.text();
       done(String(response.status));
@@ -301,6 +305,9 @@ export class HttpTransport implements Transport {
         };
       }
       done("error");
+      if (revoked.aborted) {
+        return { kind: "unreachable", detail: `${this.#api.name}: request slot revoked` };
+      }
       const text = err instanceof Error ? err.message : String(err);
       return { kind: "unreachable", detail: `${this.#api.name}: ${clip(text, 200)}` };
     }
