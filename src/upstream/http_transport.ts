@@ -99,6 +99,8 @@ export class HttpTransport implements Transport {
   #holdReply?: Reply;
   #open = 0;
   #closed = false;
+  /** Status of the latest answer (for {@link verify}). */
+  #lastStatus = 0;
 
   /** Creates the transport; nothing connects until the first message. */
   constructor(api: HttpApi, tokens: TokenProvider, options: HttpTransportOptions) {
@@ -137,10 +139,14 @@ export class HttpTransport implements Transport {
     return await this.#exchange(request, message);
   }
 
-  /** See {@link Transport.verify}: an empty message, refused with 400 when the token works. */
+  /**
+   * See {@link Transport.verify}: an empty message, refused with 400 when the token and the
+   * mailbox work (any other answer is reported as it is).
+   */
   async verify(): Promise<UpstreamResult> {
+    this.#lastStatus = 0;
     const r = await this.#exchange(this.#api.probe(this.#options.user), undefined);
-    if (r.kind === "rejected" && r.reply.code >= 500 && !r.reply.enhanced.startsWith("5.7.")) {
+    if (r.kind === "rejected" && this.#lastStatus === 400) {
       // The API read the (empty) message and refused it: the token and mailbox work.
       return {
         kind: "sent",
@@ -289,6 +295,7 @@ export class HttpTransport implements Transport {
         signal: AbortSignal.any([timeout, revoked, ...(signal ? [signal] : [])]),
       });
       const body = await response.text();
+      this.#lastStatus = response.status;
       done(String(response.status));
       return { status: response.status, headers: response.headers, body };
     } catch (err) {

@@ -357,3 +357,27 @@ Deno.test("graph: the SMTP transport stays the default for other accounts in the
     accountExtras: (i) => i === 1 ? { transport: "smtp" } : {},
   });
 });
+
+Deno.test("graph: Graph unreachable → 451 4.4.1; nothing counted", async () => {
+  await withGraph(async (h) => {
+    const me = h.accounts[0].email;
+    await h.sandbox.api!.close();
+    const reply = await sendRaw(h, message([`From: ${me}`, "To: a@example.net"]), [
+      "a@example.net",
+    ]);
+    assert.match(reply, /^451 4\.4\.1 Provider unreachable, try again later: Microsoft Graph: /);
+    const m = await h.metrics();
+    assert.equal(
+      metricValue(m, 'smtp_relay_http_requests_total{transport="graph",status="error"}'),
+      1,
+    );
+    assert.equal(
+      metricValue(
+        m,
+        'smtp_relay_transport_deliveries_total{transport="graph",result="unreachable"}',
+      ),
+      1,
+    );
+    assert.equal((await accounts(h)).body[0].quota.messagesToday, 0);
+  });
+});
