@@ -4,6 +4,7 @@
  * would deliver to, request and refresh counts, quota counted once.
  */
 import assert from "node:assert/strict";
+import { configure, jsonLinesFormatter, type LogRecord, reset } from "@logtape/logtape";
 import { type Harness, metricValue, until } from "../harness.ts";
 import { accounts } from "../tokens/helpers.ts";
 import { message, sendRaw, startHttpsHarness } from "./helpers.ts";
@@ -311,31 +312,46 @@ Deno.test("graph: the token asked for has Graph's Mail.Send scope; a token witho
   });
 });
 
-Deno.test("graph: no access token, refresh token or client secret in replies, /metrics or /accounts", async () => {
-  await withGraph(async (h) => {
-    const me = h.accounts[0].email;
-    const api = h.sandbox.api!;
-    const replies = [
-      await sendRaw(h, message([`From: ${me}`, "To: a@example.net"]), ["a@example.net"]),
-    ];
-    Object.assign(api.faults, { failNext: 2, failStatus: 401 });
-    replies.push(
-      await sendRaw(h, message([`From: ${me}`, "To: a@example.net"]), ["a@example.net"]),
-    );
-    api.resetFaults();
-    replies.push(
-      await sendRaw(h, message([`From: ${me}`, "To: a@example.net"]), ["a@example.net"]),
-    );
-    assert.ok(api.bearerTokens.size >= 2);
-    const outputs = [...replies, await h.metrics(), (await accounts(h)).text];
-    const secrets = [...api.bearerTokens, h.accounts[0].refreshToken, h.accounts[0].clientSecret];
-    const current = h.sandbox.tokens.currentRefreshToken(me);
-    if (current) secrets.push(current);
-    for (const out of outputs) {
-      for (const secret of secrets) assert.ok(!out.includes(secret), "a secret in the output");
-    }
-    assert.equal((await accounts(h)).body[0].transport, "graph");
+Deno.test("graph: no access token, refresh token or client secret in logs, replies, /metrics or /accounts", async () => {
+  const lines: string[] = [];
+  await configure({
+    reset: true,
+    sinks: {
+      capture: (record: LogRecord) => {
+        lines.push(jsonLinesFormatter(record), JSON.stringify(record.properties));
+      },
+    },
+    loggers: [{ category: [], lowestLevel: "trace", sinks: ["capture"] }],
   });
+  try {
+    await withGraph(async (h) => {
+      const me = h.accounts[0].email;
+      const api = h.sandbox.api!;
+      const send = () =>
+        sendRaw(h, message([`From: ${me}`, "To: a@example.net"]), ["a@example.net"]);
+      const replies = [await send()];
+      Object.assign(api.faults, { failNext: 2, failStatus: 401 });
+      replies.push(await send());
+      api.resetFaults();
+      Object.assign(api.faults, { failNext: 1, failStatus: 429, retryAfter: "0" });
+      replies.push(await send());
+      api.resetFaults();
+      replies.push(await send());
+      assert.deepEqual(replies.map((r) => r.slice(0, 3)), ["250", "454", "451", "250"]);
+      assert.ok(api.bearerTokens.size >= 2);
+      const outputs = [...replies, await h.metrics(), (await accounts(h)).text, ...lines];
+      assert.ok(lines.some((l) => l.includes("delivered")), "message log lines were captured");
+      const secrets = [...api.bearerTokens, h.accounts[0].refreshToken, h.accounts[0].clientSecret];
+      const current = h.sandbox.tokens.currentRefreshToken(me);
+      if (current) secrets.push(current);
+      for (const out of outputs) {
+        for (const secret of secrets) assert.ok(!out.includes(secret), "a secret in the output");
+      }
+      assert.equal((await accounts(h)).body[0].transport, "graph");
+    });
+  } finally {
+    await reset();
+  }
 });
 
 Deno.test("graph: the SMTP transport stays the default for other accounts in the same relay", async () => {
