@@ -80,6 +80,8 @@ export interface HttpApiStats {
   byStatus: Map<number, number>;
   /** Bearer tokens seen (to assert how often a token was tried); never logged. */
   tokensSeen: number;
+  /** Client connections the send requests came over (distinct remote ports: keep-alive). */
+  connections: Set<number>;
 }
 
 /** Options of {@link SandboxHttpApi.start}. */
@@ -113,7 +115,12 @@ export class SandboxHttpApi {
   /** Fault injection; see {@link HttpApiFaults}. */
   readonly faults: HttpApiFaults = noFaults();
   /** Counters. */
-  readonly stats: HttpApiStats = { requests: 0, byStatus: new Map(), tokensSeen: 0 };
+  readonly stats: HttpApiStats = {
+    requests: 0,
+    byStatus: new Map(),
+    tokensSeen: 0,
+    connections: new Set(),
+  };
   /** Graph's request size limit, bytes of base64 body. */
   graphMaxRequestBytes: number;
   /** Gmail's message size limit, bytes. */
@@ -143,7 +150,10 @@ export class SandboxHttpApi {
       key: SANDBOX_KEY_PEM,
       onListen: () => {},
       onError: () => new Response("internal error", { status: 500 }),
-    }, (req) => this.#handle(req));
+    }, (req, info) => {
+      this.stats.connections.add(info.remoteAddr.port);
+      return this.#handle(req);
+    });
     this.port = this.#server.addr.port;
     this.url = `https://localhost:${this.port}`;
   }

@@ -397,3 +397,15 @@ Deno.test("graph: Graph unreachable → 451 4.4.1; nothing counted", async () =>
     assert.equal((await accounts(h)).body[0].quota.messagesToday, 0);
   });
 });
+
+Deno.test("graph: keep-alive: one message after another reuses one HTTPS connection", async () => {
+  await withGraph(async (h) => {
+    const me = h.accounts[0].email;
+    for (let i = 0; i < 5; i++) {
+      const raw = message([`From: ${me}`, `To: r${i}@example.net`]);
+      assert.match(await sendRaw(h, raw, [`r${i}@example.net`]), /^250 /);
+    }
+    assert.equal(h.sandbox.api!.received.length, 5);
+    assert.equal(h.sandbox.api!.stats.connections.size, 1);
+  });
+});
