@@ -103,6 +103,8 @@ export interface DeviceAuthorizationInfo {
   readonly polls: readonly number[];
   /** `pending`, `approved`, `denied`, `done` (tokens issued) or `expired`. */
   readonly status: "pending" | "approved" | "denied" | "done" | "expired";
+  /** The scope the client asked for, if any. */
+  readonly scope?: string;
 }
 
 /** Fault settings with nothing injected. */
@@ -143,6 +145,8 @@ interface DeviceGrant {
   /** Lower-cased email once approved; `null` when denied. */
   decision?: string | null;
   done: boolean;
+  /** The scope asked for; granted as asked. */
+  scope?: string;
 }
 
 interface AuthorizationCode {
@@ -151,6 +155,8 @@ interface AuthorizationCode {
   redirectUri: string;
   codeChallenge: string;
   expiresAt: number;
+  /** The scope asked for; granted as asked. */
+  scope?: string;
 }
 
 /** Lifetime of authorization codes, in ms (RFC 6749 §4.1.2 recommends at most 10 min). */
@@ -400,7 +406,12 @@ export class TokenEndpoint {
       : grant.decision === null
       ? "denied"
       : "approved";
-    return { clientId: grant.clientId, polls: [...grant.polls], status };
+    return {
+      clientId: grant.clientId,
+      polls: [...grant.polls],
+      status,
+      ...(grant.scope === undefined ? {} : { scope: grant.scope }),
+    };
   }
 
   #pendingDevice(userCode: string): DeviceGrant {
@@ -469,7 +480,8 @@ export class TokenEndpoint {
     const authorization = req.headers.get("authorization");
     return url.pathname === "/token"
       ? this.#dispatch(params, authorization)
-      : this.#authenticated(params, authorization, (client) => this.#deviceAuthorize(client));
+      : this.#authenticated(params, authorization, (client) =>
+        this.#deviceAuthorize(client, params.get("scope") ?? undefined));
   }
 
   #dispatch(params: URLSearchParams, authorization: string | null): Response {
@@ -589,7 +601,7 @@ export class TokenEndpoint {
   }
 
   /** `POST /devicecode` (RFC 8628 §3.1–3.2). */
-  #deviceAuthorize(client: ClientCredentials): Response {
+  #deviceAuthorize(client: ClientCredentials, scope?: string): Response {
     this.#dropExpiredDeviceGrants();
     const deviceCode = randomToken();
     let userCode = randomUserCode();
@@ -600,6 +612,7 @@ export class TokenEndpoint {
       expiresAt: Date.now() + this.deviceCodeTtlSeconds * 1000,
       polls: [],
       done: false,
+      scope,
     });
     this.#byUserCode.set(userCode, deviceCode);
     this.stats.deviceAuthorizations++;
@@ -643,7 +656,7 @@ export class TokenEndpoint {
     if (grant.decision === null) {
       return oauthError(400, "access_denied", "The user denied the authorization request");
     }
-    return this.#authorizationTokens(grant.decision, client);
+    return this.#authorizationTokens(grant.decision, client, grant.scope);
   }
 
   /** `GET /device?user_code=…[&email=…]`: a person approving in the browser. */
@@ -731,6 +744,7 @@ export class TokenEndpoint {
       redirectUri,
       codeChallenge,
       expiresAt: now + AUTHORIZATION_CODE_TTL_MS,
+      scope: query.get("scope") ?? undefined,
     });
     this.stats.authorizationCodes++;
     return back({ code });
@@ -754,14 +768,14 @@ export class TokenEndpoint {
       ? "PKCE verification failed (code_verifier)"
       : undefined;
     if (problem) return oauthError(400, "invalid_grant", problem);
-    return this.#authorizationTokens(issued!.email, client);
+    return this.#authorizationTokens(issued!.email, client, issued!.scope);
   }
 
   /**
    * Tokens for a completed authorization: a fresh access token and a new refresh token
    * that replaces the account's current one.
    */
-  #authorizationTokens(email: string, client: ClientCredentials): Response {
+  #authorizationTokens(email: string, client: ClientCredentials, scope = this.scope): Response {
     const account = this.#accounts.get(email);
     if (!account || !this.#clientMatches(account, client)) {
       return oauthError(400, "invalid_grant", "The grant was issued to another client");
@@ -771,11 +785,11 @@ export class TokenEndpoint {
     this.#byRefreshToken.set(account.refreshToken, email);
     this.stats.authorizations++;
     return json(200, {
-      access_token: this.#issueAccessToken(email),
+      access_token: this.#issueAccessToken(email, scope),
       token_type: "Bearer",
       expires_in: Math.max(0, Math.round(this.accessTokenTtlSeconds)),
       refresh_token: account.refreshToken,
-      scope: this.scope,
+      scope,
     });
   }
 
