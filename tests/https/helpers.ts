@@ -56,14 +56,3 @@ export function message(headers: string[], body = "Hello\r\n"): Uint8Array {
       "\r\n\r\n" + body,
   );
 }
-
-/** Concatenates byte arrays. */
-export function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
