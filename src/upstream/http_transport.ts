@@ -197,7 +197,7 @@ export class HttpTransport implements Transport {
       if (signal?.aborted) return { kind: "abandoned", endSent: false };
       return {
         kind: "unreachable",
-        detail: `no ${this.#api.name} request slot free within ${Math.round(waitMs / 1000)} s ` +
+        detail: `no ${this.#api.name} request slot free within ${waitMs / 1000} s ` +
           `(${this.#options.maxConnections} at once per mailbox)`,
       };
     }
@@ -307,7 +307,7 @@ export class HttpTransport implements Transport {
         done("timeout");
         return {
           kind: "unreachable",
-          detail: `no answer from ${this.#api.name} within ${Math.round(timeoutMs / 1000)} s ` +
+          detail: `no answer from ${this.#api.name} within ${timeoutMs / 1000} s ` +
             "(it may have sent the message)",
         };
       }
