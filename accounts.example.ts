@@ -39,6 +39,17 @@ export default defineConfig({
       maxConnections: 3,
     },
     ...support,
+    {
+      // A tenant with SMTP AUTH turned off: send through Microsoft Graph over HTTPS
+      // (docs/https-transports.md; `deno task authorize --account …` for Mail.Send).
+      // Gmail accounts can do the same with `transport: "gmail-api"`.
+      email: "noreply@example.com",
+      provider: { type: "microsoft", tenant: "example.com" },
+      clientId: "00000000-0000-0000-0000-000000000000",
+      refreshToken: env("RELAY_NOREPLY_REFRESH_TOKEN"),
+      passwordHash: TEAM_PASSWORD_HASH,
+      transport: "graph",
+    },
   ],
   // Every mailbox of a domain through one app-only credential (docs/app-only.md): no
   // refresh token per mailbox. A client logs in as the mailbox with the domain's password

@@ -16,7 +16,8 @@ import {
   type TokenState,
 } from "./tokens/manager.ts";
 import type { TokenStore } from "./tokens/store.ts";
-import { type UpstreamObserver, UpstreamPool, type UpstreamTarget } from "./upstream/pool.ts";
+import type { UpstreamObserver, UpstreamTarget } from "./upstream/pool.ts";
+import { createTransport, isTransportObserver, type Transport } from "./upstream/transport.ts";
 import { type ConnectionPermits, LocalPermits } from "./upstream/permits.ts";
 import type { RelayAccount } from "./relay/relay.ts";
 import type { Quotas } from "./quota/quotas.ts";
@@ -82,6 +83,8 @@ export interface AccountStatus {
   readonly account: string;
   /** Provider preset. */
   readonly provider: string;
+  /** `smtp`, `graph` or `gmail-api`. */
+  readonly transport: string;
   /** Token state. */
   readonly token: TokenState;
   /** Latest token or delivery error, secret-free. */
@@ -150,8 +153,11 @@ export class AccountRuntime {
   readonly key: string;
   /** Token source. */
   readonly tokens: AccountTokens;
-  /** Upstream pool. */
-  readonly pool: UpstreamPool;
+  /**
+   * Its transport: the SMTP pool, or Graph / the Gmail API over HTTPS (chosen by the
+   * account's `transport`, in {@link createTransport}).
+   */
+  readonly pool: Transport;
   /** What the relay uses. */
   readonly relayAccount: RelayAccount;
   #inflight = 0;
@@ -186,12 +192,17 @@ export class AccountRuntime {
     // A corrupt token file shows (readiness, status) before a message needs the account.
     void this.tokens.inspect();
     const tokens = this.tokens;
-    this.pool = new UpstreamPool(
+    this.pool = createTransport(
+      config.transport,
       upstreamTarget(relayConfig, config),
       (renew) => renew ? tokens.renew() : tokens.get(),
-      deps.upstream,
-      deps.permits ?? new LocalPermits(config.maxConnections),
+      {
+        permits: deps.permits ?? new LocalPermits(config.maxConnections),
+        observer: deps.upstream,
+      },
     );
+    const observer = isTransportObserver(deps.upstream) ? deps.upstream : undefined;
+    const transport = this.pool.kind;
     this.relayAccount = {
       email: config.email,
       passwordHash: config.passwordHash,
@@ -205,9 +216,11 @@ export class AccountRuntime {
           try {
             await tokens.get();
           } catch (err) {
+            observer?.deliveryDone(transport, "token");
             return { kind: "token", error: err instanceof Error ? err : new Error(String(err)) };
           }
           const r = await this.pool.send(m);
+          observer?.deliveryDone(transport, r.kind);
           if (r.kind === "unreachable") this.#lastError = r.detail;
           else if (r.kind === "auth" || r.kind === "rejected") {
             this.#lastError = `${r.reply.code} ${r.reply.enhanced} ${r.reply.text}`;
@@ -287,6 +300,7 @@ export class AccountRuntime {
     return {
       account: this.config.email,
       provider: this.config.provider.kind,
+      transport: this.pool.kind,
       token: this.tokens.state,
       lastError: this.tokens.lastError?.message ?? this.#lastError,
       ...(unsaved

@@ -5,7 +5,8 @@
  * serving for swaks and prints one line for every message the provider receives.
  *
  * `--port`, `--metrics-port`, `--token-port` and `--sandbox-smtp-port` move it off the
- * fixed ports (2525, 9090, 2580, 2587).
+ * fixed ports (2525, 9090, 2580, 2587). `--graph` (or `--gmail-api`) routes the account
+ * through the sandbox's Microsoft Graph (Gmail API) over HTTPS instead of SMTP.
  * @module
  */
 import { resolve } from "node:path";
@@ -71,6 +72,9 @@ if (import.meta.main) {
       "metrics-port": { type: "string" },
       "token-port": { type: "string" },
       "sandbox-smtp-port": { type: "string" },
+      "api-port": { type: "string" },
+      graph: { type: "boolean", default: false },
+      "gmail-api": { type: "boolean", default: false },
     },
   });
   const ports = {
@@ -82,10 +86,13 @@ if (import.meta.main) {
       SANDBOX_DEFAULTS.smtpPort,
   };
   await setupLogging("pretty");
+  const transport = values.graph ? "graph" : values["gmail-api"] ? "gmail-api" : "smtp";
   let received = 0;
   const sandbox = await startSandbox({
     tokenPort: ports.token,
     smtpPort: ports.sandboxSmtp,
+    apiPort: parsePort("api-port", values["api-port"]) ??
+      Number(new URL(SANDBOX_DEFAULTS.apiUrl).port),
     onMessage: (m) => console.log(receivedLine(++received, m)),
   });
   const refreshToken = `demo-refresh-${crypto.randomUUID()}`;
@@ -102,6 +109,7 @@ if (import.meta.main) {
       clientId: "demo-client",
       refreshToken,
       passwordHash: await hashPassword(PASSWORD),
+      transport,
     }],
   }));
   const before = await scrape(relay.http.port);
@@ -118,14 +126,27 @@ if (import.meta.main) {
     from: EMAIL,
     to: "friend@example.net",
     subject: "Hello through the relay",
-    text: "Sent over STARTTLS with AUTH PLAIN to the relay, relayed with XOAUTH2 to the sandbox.\n",
+    text: transport === "smtp"
+      ? "Sent over STARTTLS with AUTH PLAIN to the relay, relayed with XOAUTH2 to the sandbox.\n"
+      : `Sent over STARTTLS with AUTH PLAIN to the relay, relayed over HTTPS to the sandbox's ${transport}.\n`,
   });
   client.close();
   console.log(`\nclient got: ${info.response}`);
 
-  const got = sandbox.received.at(-1)!;
-  console.log(`\nsandbox received from <${got.from}> to <${got.to.join(">, <")}> as ${got.user}:`);
-  console.log(new TextDecoder().decode(got.data).replaceAll("\r\n", "\n").replace(/^/gm, "  | "));
+  if (transport === "smtp") {
+    const got = sandbox.received.at(-1)!;
+    console.log(
+      `\nsandbox received from <${got.from}> to <${got.to.join(">, <")}> as ${got.user}:`,
+    );
+    console.log(new TextDecoder().decode(got.data).replaceAll("\r\n", "\n").replace(/^/gm, "  | "));
+  } else {
+    const got = sandbox.api!.received.at(-1)!;
+    console.log(
+      `\nsandbox ${got.api} API received for ${got.mailbox} (${got.upload}), ` +
+        `delivering to <${got.recipients.join(">, <")}>:`,
+    );
+    console.log(new TextDecoder().decode(got.mime).replaceAll("\r\n", "\n").replace(/^/gm, "  | "));
+  }
 
   const after = await scrape(relay.http.port);
   console.log("metrics that moved:");

@@ -54,6 +54,7 @@ export function mailboxAccount(d: DomainConfig, mailbox: string, hash: string): 
     senders: d.senders,
     quota: d.quota,
     sourceAddress: d.sourceAddress,
+    transport: { kind: "smtp" },
   };
 }
 

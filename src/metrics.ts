@@ -7,7 +7,8 @@ import client from "prom-client";
 import type { IngressObserver } from "./ingress/backend.ts";
 import type { MessageResult, RelayObserver, ReportResult } from "./relay/relay.ts";
 import type { QuotaKind } from "./quota/quota.ts";
-import type { UpstreamObserver } from "./upstream/pool.ts";
+import type { UpstreamObserver, UpstreamResult } from "./upstream/pool.ts";
+import type { TransportKind, TransportObserver } from "./upstream/transport.ts";
 import type { RefreshOutcome, TokenHealth, TokenState } from "./tokens/manager.ts";
 import { REFUSAL_REASONS } from "./ingress/replies.ts";
 
@@ -24,7 +25,8 @@ export interface MetricsOptions {
 const LAG_SAMPLE_MS = 500;
 
 /** All relay metrics; implements the observer hooks of each layer. */
-export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver {
+export class Metrics
+  implements IngressObserver, RelayObserver, UpstreamObserver, TransportObserver {
   /** The registry `/metrics` serves. */
   readonly registry = new client.Registry();
   readonly #messages: client.Counter<"result">;
@@ -41,6 +43,9 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
   readonly #perAccount?: client.Counter<"account" | "result">;
   readonly #lagTimer: ReturnType<typeof setInterval>;
   readonly #lag = { max: 0 };
+  readonly #deliveries: client.Counter<"transport" | "result">;
+  readonly #httpRequests: client.Counter<"transport" | "status">;
+  readonly #httpDuration: client.Histogram<"transport">;
 
   /**
    * `accountStates` is read at scrape time for the accounts-by-state gauge and the
@@ -154,6 +159,25 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
         registers,
       });
     }
+    this.#deliveries = new client.Counter({
+      name: "smtp_relay_transport_deliveries_total",
+      help: "Messages and reports handed to a transport (smtp, graph, gmail-api), by outcome.",
+      labelNames: ["transport", "result"],
+      registers,
+    });
+    this.#httpRequests = new client.Counter({
+      name: "smtp_relay_http_requests_total",
+      help: "HTTPS requests to Graph and the Gmail API, by status (or error, timeout, abandoned).",
+      labelNames: ["transport", "status"],
+      registers,
+    });
+    this.#httpDuration = new client.Histogram({
+      name: "smtp_relay_http_request_duration_seconds",
+      help: "HTTPS requests to Graph and the Gmail API, from sending to the answer read.",
+      labelNames: ["transport"],
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
     // prom-client's process metrics read /proc, which the permission flags do not allow.
     new client.Gauge({
       name: "process_resident_memory_bytes",
@@ -277,5 +301,16 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
   /** @inheritdoc */
   refused(reason: string): void {
     this.#ingressRefusals.inc({ reason });
+  }
+
+  /** @inheritdoc */
+  deliveryDone(transport: TransportKind, result: UpstreamResult["kind"]): void {
+    this.#deliveries.inc({ transport, result });
+  }
+
+  /** @inheritdoc */
+  httpRequestDone(transport: TransportKind, status: string, seconds: number): void {
+    this.#httpRequests.inc({ transport, status });
+    this.#httpDuration.observe({ transport }, seconds);
   }
 }

@@ -63,9 +63,18 @@ export const tokenEndpoints: PermissionSource = ({ config }) => ({
   net: config.accounts.map((a) => urlEntry(a.provider.tokenUrl)),
 });
 
-/** Each account's SMTP server (connected to by name). */
+/** Each SMTP account's SMTP server (connected to by name). */
 export const smtpServers: PermissionSource = ({ config }) => ({
-  net: config.accounts.map((a) => netEntry(a.provider.smtpHost, a.provider.smtpPort)),
+  net: config.accounts.flatMap((a) =>
+    a.transport.kind === "smtp" ? [netEntry(a.provider.smtpHost, a.provider.smtpPort)] : []
+  ),
+});
+
+/** The HTTPS API of each account that delivers over Graph or the Gmail API. */
+export const apiHosts: PermissionSource = ({ config }) => ({
+  net: config.accounts.flatMap((a) =>
+    a.transport.kind === "smtp" ? [] : [urlEntry(a.transport.apiUrl)]
+  ),
 });
 
 /** Each account's device authorization endpoint (`authorize`, device code flow). */
@@ -133,6 +142,7 @@ export const SERVE_SOURCES: readonly PermissionSource[] = [
   adminTokenEnv,
   domainHosts,
   credentialFiles,
+  apiHosts,
 ];
 
 /** What `check` needs (token refreshes, SMTP logins with `--smtp`, the state directory). */
@@ -145,6 +155,7 @@ export const CHECK_SOURCES: readonly PermissionSource[] = [
   configEnv,
   domainHosts,
   credentialFiles,
+  apiHosts,
 ];
 
 /**
@@ -157,6 +168,7 @@ export const RELOAD_SOURCES: readonly PermissionSource[] = [
   sourceAddresses,
   domainHosts,
   credentialFiles,
+  apiHosts,
 ];
 
 /**
@@ -172,6 +184,7 @@ export const AUTHORIZE_SOURCES: readonly PermissionSource[] = [
   configFile,
   stateDir,
   configEnv,
+  apiHosts,
 ];
 
 /** The redirect listener of `authorize` on 127.0.0.1 (`--port`; any port by default). */

@@ -19,7 +19,9 @@ import { fingerprint } from "../tokens/manager.ts";
 import type { OAuthClient } from "../tokens/oauth.ts";
 import { FileTokenStore, replaceToken } from "../tokens/store.ts";
 import { upstreamTarget } from "../accounts.ts";
-import { describeResult, UpstreamPool } from "../upstream/pool.ts";
+import { describeResult } from "../upstream/pool.ts";
+import { createTransport } from "../upstream/transport.ts";
+import { LocalPermits } from "../upstream/permits.ts";
 import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.ts";
 import { smtpHint, tokenHint } from "./hints.ts";
 
@@ -107,12 +109,15 @@ async function checkLogin(
   accessToken: string,
 ): Promise<{ refused: boolean; reply?: string; hint?: string; unchecked?: string }> {
   let used = false;
-  const pool = new UpstreamPool(
+  // The account's own transport: an SMTP login, or an empty Graph / Gmail API send.
+  const pool = createTransport(
+    account.transport,
     { ...upstreamTarget(config, account), maxConnections: 1 },
     () => {
       used = true;
       return Promise.resolve({ token: accessToken, useUntil: Date.now() + 60_000 });
     },
+    { permits: new LocalPermits(1) },
   );
   try {
     const r = await pool.verify();

@@ -9,7 +9,9 @@ import { accountTokens, upstreamTarget } from "../accounts.ts";
 import type { AccountConfig, RelayConfig } from "../config/load.ts";
 import { TokenError } from "../tokens/oauth.ts";
 import { FileTokenStore, type RefreshTokenStore } from "../tokens/store.ts";
-import { describeResult, UpstreamPool } from "../upstream/pool.ts";
+import { describeResult } from "../upstream/pool.ts";
+import { createTransport } from "../upstream/transport.ts";
+import { LocalPermits } from "../upstream/permits.ts";
 import { EXIT_USAGE, loadConfigOrReport, renderTable, UsageError } from "./common.ts";
 import { appOnlySmtpHint, appOnlyTokenHint, smtpHint, tokenHint } from "./hints.ts";
 import type { DomainConfig } from "../config/load.ts";
@@ -73,9 +75,12 @@ export async function checkAccount(
     return { ...base, token: "failed", smtp: "skipped", error: e.message, hint: withCommand };
   }
   if (!smtp) return { ...base, token: "ok", smtp: "skipped" };
-  const pool = new UpstreamPool(
+  // The account's own transport: an SMTP login, or an empty Graph / Gmail API send.
+  const pool = createTransport(
+    a.transport,
     { ...upstreamTarget(config, a), maxConnections: 1 },
     (renew) => renew ? tokens.renew() : tokens.get(),
+    { permits: new LocalPermits(1) },
   );
   try {
     const r = await pool.verify();

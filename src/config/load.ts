@@ -20,6 +20,14 @@ import { SANDBOX_CA_PEM } from "../sandbox/ca.ts";
 import { type DomainConfig, resolveDomain } from "./domains.ts";
 
 export type { DomainConfig } from "./domains.ts";
+import type { TransportSettings } from "../upstream/transport.ts";
+import { GRAPH_MAX_REQUEST_BYTES, GRAPH_SCOPE, GRAPH_URL } from "../upstream/graph.ts";
+import {
+  GMAIL_API_URL,
+  GMAIL_MAX_MESSAGE_BYTES,
+  GMAIL_MEDIA_ABOVE,
+  GMAIL_SCOPE,
+} from "../upstream/gmail_api.ts";
 
 /** One validated account with its provider resolved. */
 export interface AccountConfig {
@@ -48,6 +56,8 @@ export interface AccountConfig {
   readonly quota: QuotaLimits;
   /** Local address upstream connections are made from, if set. */
   readonly sourceAddress?: string;
+  /** How its mail leaves: SMTP (default), Microsoft Graph or the Gmail API. */
+  readonly transport: TransportSettings;
 }
 
 /** A validated config: defaults applied, secrets resolved, presets expanded. */
@@ -143,7 +153,8 @@ function resolveConfig(parsed: ParsedConfig): RelayConfig {
 }
 
 function resolveAccount(a: ParsedAccount): AccountConfig {
-  const provider = resolveProvider(a.provider);
+  const transport = resolveTransport(a);
+  const provider = transportProvider(resolveProvider(a.provider), transport.kind);
   return {
     email: a.email,
     provider,
@@ -151,12 +162,55 @@ function resolveAccount(a: ParsedAccount): AccountConfig {
     clientSecret: a.clientSecret,
     refreshToken: a.refreshToken,
     passwordHash: a.passwordHash,
-    maxConnections: a.maxConnections ?? provider.maxConnections,
+    maxConnections: a.maxConnections ??
+      // Graph throttles at 4 concurrent requests per mailbox.
+      (transport.kind === "graph" ? 4 : provider.maxConnections),
     aliases: a.aliases,
     senders: a.senders,
     quota: { ...provider.quota, ...a.quota },
     sourceAddress: a.sourceAddress,
+    transport,
   };
+}
+
+/** The account's transport with its defaults. */
+function resolveTransport(a: ParsedAccount): TransportSettings {
+  const t = a.transport ?? { type: "smtp" as const };
+  switch (t.type) {
+    case "smtp":
+      return { kind: "smtp" };
+    case "graph":
+      return {
+        kind: "graph",
+        apiUrl: (t.apiUrl ?? (a.provider.type === "sandbox" ? SANDBOX_DEFAULTS.apiUrl : GRAPH_URL))
+          .replace(/\/+$/, ""),
+        maxRequestBytes: GRAPH_MAX_REQUEST_BYTES,
+        saveToSentItems: true,
+      };
+    case "gmail-api":
+      return {
+        kind: "gmail-api",
+        apiUrl: (t.apiUrl ??
+          (a.provider.type === "sandbox" ? SANDBOX_DEFAULTS.apiUrl : GMAIL_API_URL))
+          .replace(/\/+$/, ""),
+        maxMessageBytes: GMAIL_MAX_MESSAGE_BYTES,
+        mediaAbove: t.mediaUploadAbove ?? GMAIL_MEDIA_ABOVE,
+      };
+  }
+}
+
+/**
+ * The provider as a transport needs it: Graph wants a Graph token (`Mail.Send`), the
+ * sandbox's Gmail API `gmail.send`; Google keeps `https://mail.google.com/`, which the
+ * Gmail API also takes, so an account switches transport without a new authorization.
+ */
+function transportProvider(
+  p: ProviderEndpoints,
+  kind: TransportSettings["kind"],
+): ProviderEndpoints {
+  if (kind === "graph" && p.kind !== "custom") return { ...p, scope: GRAPH_SCOPE };
+  if (kind === "gmail-api" && p.kind === "sandbox") return { ...p, scope: GMAIL_SCOPE };
+  return p;
 }
 
 function resolveProvider(p: ParsedAccount["provider"]): ProviderEndpoints {

@@ -112,6 +112,8 @@ export const SANDBOX_DEFAULTS = {
   smtpPort: 2587,
   scope: "https://sandbox.localhost/smtp",
   maxConnections: 5,
+  /** The sandbox's HTTPS APIs (Graph sendMail, Gmail messages.send). */
+  apiUrl: "https://localhost:2588",
 } as const;
 
 /** Custom providers and the sandbox have no quota unless the account sets one. */

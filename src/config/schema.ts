@@ -157,6 +157,37 @@ const quotaShape = z.object({
     .optional(),
 }).strict();
 
+const apiUrl = z.url({ protocol: /^https$/, error: "expected an https:// URL" });
+
+/**
+ * How the account's mail leaves: `smtp` (default), `graph` (Microsoft Graph sendMail) or
+ * `gmail-api` (Gmail users.messages.send); see docs/https-transports.md.
+ */
+const transport = z.preprocess(
+  (value) => typeof value === "string" ? { type: value } : value,
+  z.discriminatedUnion("type", [
+    z.object({ type: z.literal("smtp") }).strict(),
+    z.object({
+      type: z.literal("graph"),
+      /** Graph's base URL (national clouds; the sandbox's). Default https://graph.microsoft.com. */
+      apiUrl: apiUrl.optional(),
+      /** Graph's MIME sendMail always saves a copy in Sent Items: only `true` is possible. */
+      saveToSentItems: z.literal(true, {
+        error: "expected true: Graph's MIME sendMail always saves a copy in Sent Items",
+      }).optional(),
+    }).strict(),
+    z.object({
+      type: z.literal("gmail-api"),
+      /** The Gmail API's base URL (the sandbox's). Default https://gmail.googleapis.com. */
+      apiUrl: apiUrl.optional(),
+      /** Messages above this many bytes go through the media upload endpoint (default 1 MiB). */
+      mediaUploadAbove: positiveInt.optional(),
+    }).strict(),
+  ], {
+    error: "expected 'smtp', 'graph', 'gmail-api' or { type: 'graph' | 'gmail-api', ... }",
+  }),
+);
+
 const account = z.object({
   /** The mailbox: XOAUTH2 user upstream and the username clients log in with. */
   email: z.email("expected an email address"),
@@ -189,6 +220,8 @@ const account = z.object({
    * keeps reputations apart). Needs `--allow-net=<address>:0`. Never silently replaced.
    */
   sourceAddress: z.string().refine(isIpAddress, "expected a local IP address").optional(),
+  /** `smtp` (default), `graph` or `gmail-api`: see docs/https-transports.md. */
+  transport: transport.optional(),
 }).strict();
 
 /**
@@ -586,6 +619,43 @@ export const configSchema = z.object({
           message: `expected a unique address, ${address} is also ${first}`,
         });
       } else seen.set(key, `accounts[${i}]`);
+    }
+  });
+}).superRefine((config, ctx) => {
+  // HTTPS transports: the provider must be the API's, Graph takes 4 requests per mailbox.
+  config.accounts.forEach((a, i) => {
+    const kind = a.transport?.type ?? "smtp";
+    if (kind === "smtp") return;
+    const provider = a.provider.type;
+    const fits = kind === "graph"
+      ? ["microsoft", "outlook", "custom", "sandbox"].includes(provider)
+      : ["google", "custom", "sandbox"].includes(provider);
+    if (!fits) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["accounts", i, "transport"],
+        message: kind === "graph"
+          ? `expected a Microsoft provider for 'graph' (microsoft, outlook), got '${provider}'`
+          : `expected the google provider for 'gmail-api', got '${provider}'`,
+      });
+    }
+    if (kind === "graph" && (a.maxConnections ?? 0) > 4) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["accounts", i, "maxConnections"],
+        message: "expected at most 4: Graph allows 4 concurrent requests per mailbox",
+      });
+    }
+    const url = a.transport && "apiUrl" in a.transport ? a.transport.apiUrl : undefined;
+    if (provider === "sandbox" && url !== undefined && URL.canParse(url)) {
+      const host = new URL(url).hostname;
+      if (!isLoopbackHost(host.replace(/^\[(.*)\]$/, "$1"))) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["accounts", i, "transport", "apiUrl"],
+          message: sandboxOffLoopback(host),
+        });
+      }
     }
   });
 });

@@ -29,7 +29,10 @@ import {
   type TokenEndpointFaults,
   type TokenEndpointStats,
 } from "./token_endpoint.ts";
+import { SandboxHttpApi } from "./http_api.ts";
 
+export type { ApiMessage, ApiName, HttpApiFaults, HttpApiStats } from "./http_api.ts";
+export { SandboxHttpApi } from "./http_api.ts";
 export type { ReceivedMessage, SmtpFaults, SmtpStats } from "./smtp_server.ts";
 export { SandboxSmtpServer } from "./smtp_server.ts";
 export type {
@@ -57,6 +60,8 @@ export interface SandboxOptions {
   accounts?: SandboxAccount[];
   /** Called for every message the SMTP server accepts. */
   onMessage?: (message: ReceivedMessage) => void;
+  /** Port of the HTTPS APIs (Graph, Gmail) on 127.0.0.1; 0 (default) = ephemeral. */
+  apiPort?: number;
 }
 
 /** A running sandbox provider. Create with {@link startSandbox}; always {@link Sandbox.close} it. */
@@ -73,11 +78,14 @@ export class Sandbox {
   readonly tokens: TokenEndpoint;
   /** The SMTP server. */
   readonly smtp: SandboxSmtpServer;
+  /** The HTTPS mail APIs (Graph sendMail, Gmail messages.send), when started. */
+  readonly api?: SandboxHttpApi;
 
-  /** Wraps two running servers; use {@link startSandbox}. */
-  constructor(tokens: TokenEndpoint, smtp: SandboxSmtpServer) {
+  /** Wraps the running servers; use {@link startSandbox}. */
+  constructor(tokens: TokenEndpoint, smtp: SandboxSmtpServer, api?: SandboxHttpApi) {
     this.tokens = tokens;
     this.smtp = smtp;
+    this.api = api;
     this.tokenUrl = tokens.url;
     this.smtpPort = smtp.port;
   }
@@ -138,9 +146,15 @@ export class Sandbox {
     this.smtp.resetFaults();
   }
 
-  /** Shuts both servers down, dropping open connections and pending requests. */
+  /** Base URL of the HTTPS APIs, `https://localhost:PORT`. */
+  get apiUrl(): string {
+    if (!this.api) throw new Error("the sandbox was started without its HTTPS APIs");
+    return this.api.url;
+  }
+
+  /** Shuts the servers down, dropping open connections and pending requests. */
   async close(): Promise<void> {
-    await Promise.all([this.smtp.close(), this.tokens.close()]);
+    await Promise.all([this.smtp.close(), this.tokens.close(), this.api?.close()]);
   }
 }
 
@@ -165,7 +179,14 @@ export async function startSandbox(
     await tokens.close();
     throw error;
   }
-  const sandbox = new Sandbox(tokens, smtp);
+  let api: SandboxHttpApi;
+  try {
+    api = await SandboxHttpApi.start({ tokens, port: options.apiPort });
+  } catch (error) {
+    await Promise.all([tokens.close(), smtp.close()]);
+    throw error;
+  }
+  const sandbox = new Sandbox(tokens, smtp, api);
   for (const account of options.accounts ?? []) sandbox.addAccount(account);
   return sandbox;
 }
@@ -174,6 +195,7 @@ const USAGE = `Usage: deno run --allow-net=127.0.0.1 src/sandbox/mod.ts [options
 
   --token-port N   token endpoint port (default 2580)
   --smtp-port N    SMTP (STARTTLS) port (default 2587)
+  --api-port N     HTTPS APIs (Graph sendMail, Gmail messages.send) port (default 2588)
   --account A      register an account: email,clientId,refreshToken[,clientSecret]
                    (repeatable; sandbox values only, never real credentials)
   --no-rotate      keep refresh tokens valid instead of rotating them
@@ -186,6 +208,7 @@ async function main(args: string[]): Promise<void> {
     options: {
       "token-port": { type: "string", default: "2580" },
       "smtp-port": { type: "string", default: "2587" },
+      "api-port": { type: "string", default: "2588" },
       account: { type: "string", multiple: true, default: [] },
       "no-rotate": { type: "boolean", default: false },
       help: { type: "boolean", default: false },
@@ -202,6 +225,7 @@ async function main(args: string[]): Promise<void> {
   const sandbox = await startSandbox({
     tokenPort: Number(values["token-port"]),
     smtpPort: Number(values["smtp-port"]),
+    apiPort: Number(values["api-port"]),
     rotateRefreshTokens: !values["no-rotate"],
     accounts,
     onMessage: (m) =>
@@ -214,6 +238,7 @@ async function main(args: string[]): Promise<void> {
   console.log(
     `SMTP (STARTTLS, AUTH XOAUTH2): ${sandbox.smtpHost}:${sandbox.smtpPort}`,
   );
+  console.log(`HTTPS APIs (Graph sendMail, Gmail messages.send): ${sandbox.apiUrl}`);
   console.log("CA certificate: SANDBOX_CA_PEM in src/sandbox/tls.ts");
   if (accounts.length === 0) {
     console.log("No accounts registered. Restart with e.g.\n" + USAGE);

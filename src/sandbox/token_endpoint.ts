@@ -108,6 +108,8 @@ export interface DeviceAuthorizationInfo {
   readonly polls: readonly number[];
   /** `pending`, `approved`, `denied`, `done` (tokens issued) or `expired`. */
   readonly status: "pending" | "approved" | "denied" | "done" | "expired";
+  /** The scope the client asked for, if any. */
+  readonly scope?: string;
 }
 
 /** Fault settings with nothing injected. */
@@ -128,6 +130,18 @@ interface IssuedToken {
   expiresAt: number;
   /** For tokens of the app-only grants: whom it was issued to. */
   owner?: AppTokenOwner;
+  /** The scope the client asked for (the endpoint's {@link TokenEndpoint.scope} if none). */
+  scope: string;
+}
+
+/** What the endpoint knows of an access token it issued (for the sandbox's HTTP APIs). */
+export interface AccessTokenInfo {
+  /** Lower-cased mailbox it was issued for. */
+  readonly email: string;
+  /** Space-separated scopes granted. */
+  readonly scope: string;
+  /** When it expires (`Date.now()` scale). */
+  readonly expiresAt: number;
 }
 
 interface DeviceGrant {
@@ -138,6 +152,8 @@ interface DeviceGrant {
   /** Lower-cased email once approved; `null` when denied. */
   decision?: string | null;
   done: boolean;
+  /** The scope asked for; granted as asked. */
+  scope?: string;
 }
 
 interface AuthorizationCode {
@@ -146,6 +162,8 @@ interface AuthorizationCode {
   redirectUri: string;
   codeChallenge: string;
   expiresAt: number;
+  /** The scope asked for; granted as asked. */
+  scope?: string;
 }
 
 /** Lifetime of authorization codes, in ms (RFC 6749 §4.1.2 recommends at most 10 min). */
@@ -366,6 +384,16 @@ export class TokenEndpoint {
   }
 
   /**
+   * The token's account and granted scope, if this endpoint issued it and it has not
+   * expired (the sandbox's HTTP APIs check the scope with it).
+   */
+  accessTokenInfo(token: string): AccessTokenInfo | undefined {
+    const issued = this.#accessTokens.get(token);
+    if (issued === undefined || Date.now() >= issued.expiresAt) return undefined;
+    return { email: issued.email, scope: issued.scope, expiresAt: issued.expiresAt };
+  }
+
+  /**
    * Approves a pending device authorization (the user entered `userCode` and signed in
    * as `email`). Throws if the code is unknown or expired, or the account is not
    * registered for the client that asked.
@@ -399,7 +427,12 @@ export class TokenEndpoint {
       : grant.decision === null
       ? "denied"
       : "approved";
-    return { clientId: grant.clientId, polls: [...grant.polls], status };
+    return {
+      clientId: grant.clientId,
+      polls: [...grant.polls],
+      status,
+      ...(grant.scope === undefined ? {} : { scope: grant.scope }),
+    };
   }
 
   #pendingDevice(userCode: string): DeviceGrant {
@@ -471,7 +504,8 @@ export class TokenEndpoint {
     }
     return url.pathname === "/token"
       ? this.#dispatch(params, authorization)
-      : this.#authenticated(params, authorization, (client) => this.#deviceAuthorize(client));
+      : this.#authenticated(params, authorization, (client) =>
+        this.#deviceAuthorize(client, params.get("scope") ?? undefined));
   }
 
   #dispatch(params: URLSearchParams, authorization: string | null): Response {
@@ -568,7 +602,8 @@ export class TokenEndpoint {
         "The refresh token is invalid, expired, revoked or was issued to another client",
       );
     }
-    const accessToken = this.#issueAccessToken(email);
+    // The scope asked for is the scope granted (a refresh may narrow it, RFC 6749 §6).
+    const accessToken = this.#issueAccessToken(email, params.get("scope") ?? undefined);
     this.stats.refreshes++;
     this.stats.refreshesByEmail.set(
       email,
@@ -590,7 +625,7 @@ export class TokenEndpoint {
   }
 
   /** `POST /devicecode` (RFC 8628 §3.1–3.2). */
-  #deviceAuthorize(client: ClientCredentials): Response {
+  #deviceAuthorize(client: ClientCredentials, scope?: string): Response {
     this.#dropExpiredDeviceGrants();
     const deviceCode = randomToken();
     let userCode = randomUserCode();
@@ -601,6 +636,7 @@ export class TokenEndpoint {
       expiresAt: Date.now() + this.deviceCodeTtlSeconds * 1000,
       polls: [],
       done: false,
+      scope,
     });
     this.#byUserCode.set(userCode, deviceCode);
     this.stats.deviceAuthorizations++;
@@ -644,7 +680,7 @@ export class TokenEndpoint {
     if (grant.decision === null) {
       return oauthError(400, "access_denied", "The user denied the authorization request");
     }
-    return this.#authorizationTokens(grant.decision, client);
+    return this.#authorizationTokens(grant.decision, client, grant.scope);
   }
 
   /** `GET /device?user_code=…[&email=…]`: a person approving in the browser. */
@@ -732,6 +768,7 @@ export class TokenEndpoint {
       redirectUri,
       codeChallenge,
       expiresAt: now + AUTHORIZATION_CODE_TTL_MS,
+      scope: query.get("scope") ?? undefined,
     });
     this.stats.authorizationCodes++;
     return back({ code });
@@ -755,14 +792,14 @@ export class TokenEndpoint {
       ? "PKCE verification failed (code_verifier)"
       : undefined;
     if (problem) return oauthError(400, "invalid_grant", problem);
-    return this.#authorizationTokens(issued!.email, client);
+    return this.#authorizationTokens(issued!.email, client, issued!.scope);
   }
 
   /**
    * Tokens for a completed authorization: a fresh access token and a new refresh token
    * that replaces the account's current one.
    */
-  #authorizationTokens(email: string, client: ClientCredentials): Response {
+  #authorizationTokens(email: string, client: ClientCredentials, scope = this.scope): Response {
     const account = this.#accounts.get(email);
     if (!account || !this.#clientMatches(account, client)) {
       return oauthError(400, "invalid_grant", "The grant was issued to another client");
@@ -772,11 +809,11 @@ export class TokenEndpoint {
     this.#byRefreshToken.set(account.refreshToken, email);
     this.stats.authorizations++;
     return json(200, {
-      access_token: this.#issueAccessToken(email),
+      access_token: this.#issueAccessToken(email, scope),
       token_type: "Bearer",
       expires_in: Math.max(0, Math.round(this.accessTokenTtlSeconds)),
       refresh_token: account.refreshToken,
-      scope: this.scope,
+      scope,
     });
   }
 
@@ -787,7 +824,11 @@ export class TokenEndpoint {
       return oauthError(verdict.status, verdict.error, verdict.description);
     }
     const owner = verdict.owner;
-    const token = this.#issueAccessToken(owner.kind === "mailbox" ? owner.email : "", owner);
+    const token = this.#issueAccessToken(
+      owner.kind === "mailbox" ? owner.email : "",
+      params.get("scope") ?? this.scope,
+      owner,
+    );
     return json(200, {
       access_token: token,
       token_type: "Bearer",
@@ -795,7 +836,7 @@ export class TokenEndpoint {
     });
   }
 
-  #issueAccessToken(email: string, owner?: AppTokenOwner): string {
+  #issueAccessToken(email: string, scope = this.scope, owner?: AppTokenOwner): string {
     const now = Date.now();
     for (const [token, issued] of this.#accessTokens) {
       if (issued.expiresAt <= now) this.#accessTokens.delete(token);
@@ -805,6 +846,7 @@ export class TokenEndpoint {
       email,
       expiresAt: now + this.accessTokenTtlSeconds * 1000,
       ...(owner ? { owner } : {}),
+      scope,
     });
     return token;
   }
