@@ -80,8 +80,14 @@ Deno.test("deno task start --host 0.0.0.0 serves, with the derived set; permissi
     const token = new URL(sandbox.tokenUrl);
     assert.equal(
       printed.stdout,
-      `--no-prompt --allow-net=0.0.0.0:${relay.ports.smtp},127.0.0.1:${relay.ports.metrics},` +
-        `127.0.0.1:${token.port},localhost:${sandbox.smtpPort} ` +
+      `--no-prompt --allow-net=${
+        [
+          `0.0.0.0:${relay.ports.smtp}`,
+          `127.0.0.1:${relay.ports.metrics}`,
+          `127.0.0.1:${token.port}`,
+          `localhost:${sandbox.smtpPort}`,
+        ].sort().join(",")
+      } ` +
         `--allow-read=${dir}/accounts.ts,${dir}/state --allow-write=${dir}/state ` +
         "--allow-env=RELAY_ADMIN_TOKEN\n",
     );
