@@ -1,6 +1,6 @@
 /**
  * `deno task demo`: the whole loop on this machine. Starts the sandbox provider and a
- * relay for one sandbox account, with STARTTLS on a throwaway certificate, sends a message
+ * relay for one sandbox account, with STARTTLS on a throwaway self-signed certificate, sends a message
  * through the relay, shows what the provider received and which metrics moved, then keeps
  * serving for swaks and prints one line for every message the provider receives.
  *
@@ -17,7 +17,7 @@ import { SANDBOX_DEFAULTS } from "./config/providers.ts";
 import { DEFAULTS } from "./config/defaults.ts";
 import { startRelay } from "./app.ts";
 import { type ReceivedMessage, startSandbox } from "./sandbox/mod.ts";
-import { SANDBOX_CA_PEM, SANDBOX_CERT_PEM, SANDBOX_KEY_PEM } from "./sandbox/tls.ts";
+import { makeDemoCertificate } from "./demo_cert.ts";
 import { hashPassword } from "./relay/password.ts";
 import { setupLogging } from "./log.ts";
 import { parsePort } from "./commands/common.ts";
@@ -47,21 +47,20 @@ export function receivedLine(n: number, m: ReceivedMessage): string {
 }
 
 /**
- * The demo's certificate: the sandbox's test certificate for localhost and 127.0.0.1
- * (its key is public, in src/sandbox/tls.ts: for this demo on loopback only), written to
- * `<stateDir>/tls/` with the CA that signed it, for clients to trust.
+ * The demo's certificate: a throwaway self-signed one for localhost and 127.0.0.1, made
+ * anew at each start (src/demo_cert.ts), written to `<stateDir>/tls/` (key 0600). Clients
+ * trust the certificate itself.
  */
 async function writeDemoTls(dir: string) {
   await Deno.mkdir(`${dir}/tls`, { recursive: true, mode: 0o700 });
   const files = {
     certFile: resolve(`${dir}/tls/cert.pem`),
     keyFile: resolve(`${dir}/tls/key.pem`),
-    caFile: resolve(`${dir}/tls/ca.pem`),
   };
-  await Deno.writeTextFile(files.certFile, SANDBOX_CERT_PEM);
-  await Deno.writeTextFile(files.keyFile, SANDBOX_KEY_PEM, { mode: 0o600 });
-  await Deno.writeTextFile(files.caFile, SANDBOX_CA_PEM);
-  return files;
+  const { cert, key } = await makeDemoCertificate();
+  await Deno.writeTextFile(files.certFile, cert);
+  await Deno.writeTextFile(files.keyFile, key, { mode: 0o600 });
+  return { ...files, cert };
 }
 
 if (import.meta.main) {
@@ -118,7 +117,7 @@ if (import.meta.main) {
     host: "127.0.0.1",
     port: relay.smtp.port,
     requireTLS: true,
-    tls: { ca: SANDBOX_CA_PEM, servername: "localhost" },
+    tls: { ca: tls.cert, servername: "localhost" },
     name: "demo-client.localhost",
     auth: { user: EMAIL, pass: PASSWORD },
   });
@@ -157,11 +156,10 @@ if (import.meta.main) {
   }
   console.log(`
 The relay keeps serving on 127.0.0.1:${relay.smtp.port} with STARTTLS (metrics: http://127.0.0.1:${relay.http.port}/metrics).
-Its certificate is the sandbox's test certificate for localhost and 127.0.0.1 (public key pair,
-demo only), signed by the CA in ${tls.caFile}. Try it with swaks (apt-get install swaks),
-verifying the certificate against that CA:
+Its certificate is a throwaway self-signed one for localhost and 127.0.0.1, made at this start:
+${tls.certFile}. Try it with swaks (apt-get install swaks), trusting exactly that certificate:
 
-  swaks --server 127.0.0.1:${relay.smtp.port} --tls --tls-verify --tls-ca-path ${tls.caFile} --auth LOGIN --auth-user ${EMAIL} --auth-password ${PASSWORD} --from ${EMAIL} --to someone@example.net
+  swaks --server 127.0.0.1:${relay.smtp.port} --tls --tls-verify --tls-ca-path ${tls.certFile} --auth LOGIN --auth-user ${EMAIL} --auth-password ${PASSWORD} --from ${EMAIL} --to someone@example.net
 
 Each message the sandbox provider receives is shown here as a "sandbox received #N" line.
 Ctrl-C stops it.`);

@@ -64,8 +64,8 @@ function loaderFlags(config: string, files: readonly string[] = []): string[] {
 
 /**
  * The permission set `main.ts <command> <rest>` needs, from the permissions command run
- * with read access to the config only. Undefined with the exit status when it failed (it
- * printed why).
+ * with read access to the config only; its exit status instead when it failed (it printed
+ * why: a bad or missing config, a usage error).
  */
 export async function derivePermissions(
   command: string,

@@ -1,8 +1,22 @@
 /**
  * The Deno permission set a command needs, derived from the validated config: one small
  * function per source (listeners, providers, source addresses, files, environment). A new
- * feature that needs a permission adds one line to the source list of the commands that
- * use it ({@link SERVE_SOURCES}, {@link CHECK_SOURCES}).
+ * feature that needs a permission adds one source and names it in the lists of the
+ * commands that use it ({@link SERVE_SOURCES}, {@link CHECK_SOURCES},
+ * {@link AUTHORIZE_SOURCES}; {@link RELOAD_SOURCES} for hosts a reload may add):
+ *
+ * @example
+ * ```ts ignore
+ * export const redis: PermissionSource = ({ config }) => ({
+ *   net: config.redis ? [urlEntry(config.redis.url)] : [],
+ * });
+ * export const keyFiles: PermissionSource = ({ config, cwd }) => ({
+ *   read: config.accounts.flatMap((a) => a.keyFile ? [resolve(cwd, a.keyFile)] : []),
+ * });
+ * export const graphApi: PermissionSource = ({ config }) => ({
+ *   net: config.accounts.some((a) => a.transport === "graph") ? ["graph.microsoft.com:443"] : [],
+ * });
+ * ```
  * @module
  */
 import { isIPv6 } from "node:net";

@@ -340,6 +340,9 @@ export class AccountTokens {
     const now = this.#timing.now();
     const cached = await this.#cache.get(this.#o.account);
     if (cached && cached.useUntil > now) {
+      // A valid token from a shared cache (another instance's, or this account's before a
+      // restart or a reload) shows the grant works: "ok", not "unknown".
+      if (this.#state === "unknown") this.#state = "ok";
       if (now >= cached.refreshAt && this.#running === 0 && now >= this.#retryAt) {
         this.#refresh(true).catch(() => {}); // outcome reported through onRefresh
       }

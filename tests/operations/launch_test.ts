@@ -247,3 +247,28 @@ Deno.test("a reload that needs hosts the relay was started without is refused, n
     await sandbox.close();
   }
 });
+
+Deno.test("a missing TLS file named by the config is one line, exit 1", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "relay-launch-tls-" });
+  try {
+    const sandbox = { tokenUrl: "http://127.0.0.1:1/token", smtpPort: 1 } as Sandbox;
+    const [account] = makeAccounts(1);
+    await Deno.writeTextFile(
+      `${dir}/accounts.ts`,
+      await configText(sandbox, [account], {
+        top: `smtp: { port: 0 }, http: { port: 0 }, ` +
+          `tls: { certFile: "${dir}/cert.pem", keyFile: "${dir}/key.pem" },`,
+      }),
+    );
+    const r = await run(["run", "--allow-run", LAUNCH], dir);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `^cannot start: No such file or directory \\(os error 2\\): readfile '${dir}/(cert|key)\\.pem'\\n$`,
+      ),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
