@@ -2,7 +2,7 @@
  * Every command line documented in README.md and docs/*.md (see doc_commands.ts) runs as
  * written against the sandbox: `deno task …` through the real tasks of deno.json, with a
  * sandbox `accounts.ts` (its path put where the docs name one, or `--config` added), free
- * ports where the docs name fixed ones, and the sandbox account where they name a mailbox.
+ * ports where the docs name fixed ones, and the sandbox account where they name a mailbox (`--account`, `--mailbox`).
  * A command that no rule below knows fails the test, and so does a rule whose command is no
  * longer documented: when the docs change, this file changes with them. Commands that cannot
  * run on this machine (root, systemd, the compiled binary) say why, and what proves them.
@@ -51,7 +51,7 @@ function substitute(words: string[], w: World, extra: { port?: number } = {}): s
   for (let i = 0; i < out.length - 1; i++) {
     if (out[i] === "--config") out[i + 1] = w.config;
     if (out[i] === "--port") out[i + 1] = String(extra.port ?? freePort());
-    if (out[i] === "--account") out[i + 1] = w.account.email;
+    if (out[i] === "--account" || out[i] === "--mailbox") out[i + 1] = w.account.email;
   }
   return out;
 }
