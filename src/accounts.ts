@@ -16,6 +16,8 @@ import {
   type TokenState,
 } from "./tokens/manager.ts";
 import type { TokenStore } from "./tokens/store.ts";
+import type { AccessTokenCache } from "./tokens/cache.ts";
+import type { RefreshLease } from "./tokens/lease.ts";
 import { type UpstreamObserver, UpstreamPool, type UpstreamTarget } from "./upstream/pool.ts";
 import { type ConnectionPermits, LocalPermits } from "./upstream/permits.ts";
 import type { RelayAccount } from "./relay/relay.ts";
@@ -30,8 +32,11 @@ export function accountTokens(
   store: TokenStore,
   onRefresh?: (outcome: RefreshOutcome) => void,
   onSave?: (outcome: SaveOutcome) => void,
+  shared?: SharedTokenState,
 ): AccountTokens {
   return new AccountTokens({
+    ...(shared?.accessTokens ? { cache: shared.accessTokens } : {}),
+    ...(shared?.refreshLease ? { lease: shared.refreshLease } : {}),
     account: a.email,
     client: {
       tokenUrl: a.provider.tokenUrl,
@@ -53,6 +58,14 @@ export function accountTokens(
     onRefresh,
     onSave,
   });
+}
+
+/** Token state shared by relay instances (Redis); absent: this process's memory. */
+export interface SharedTokenState {
+  /** Access tokens, shared. */
+  readonly accessTokens?: AccessTokenCache;
+  /** One refresh per account across instances. */
+  readonly refreshLease?: RefreshLease;
 }
 
 /** Where and how an account's mail goes upstream. */
@@ -119,7 +132,7 @@ export interface AccountStatus {
 const RETIRE_GRACE_MS = 5_000;
 
 /** Shared parts an account runtime needs. */
-export interface AccountDeps {
+export interface AccountDeps extends SharedTokenState {
   /** Where rotated refresh tokens go. */
   readonly tokenStore: TokenStore;
   /** Token refresh hook (metrics, logs). */
@@ -167,6 +180,7 @@ export class AccountRuntime {
       deps.tokenStore,
       (o) => deps.onRefresh(config.email, o),
       (o) => logSave(config.email, o),
+      deps,
     );
     // A corrupt token file shows (readiness, status) before a message needs the account.
     void this.tokens.inspect();

@@ -198,6 +198,7 @@ export class Metrics implements IngressObserver, RelayObserver, UpstreamObserver
       "quota",
       "expired",
       "shutdown",
+      "state_unavailable",
     ];
     for (const r of results) this.#messages.inc({ result: r }, 0);
     for (const k of ["messages_per_day", "recipients_per_day", "messages_per_minute"]) {

@@ -1,0 +1,94 @@
+/**
+ * The shared-state backend on Redis, built from the config's `state.redis`: one
+ * connection ({@link RedisState}) and the implementations of every seam on it (quotas,
+ * connection permits, refresh-token store, access-token cache, refresh lease).
+ * @module
+ */
+import type client from "prom-client";
+import { RedisState } from "./client.ts";
+import { RedisMetrics } from "./metrics.ts";
+import { RedisQuotas } from "../../quota/redis_quotas.ts";
+import { RedisPermits } from "../../upstream/redis_permits.ts";
+import {
+  RedisAccessTokenCache,
+  RedisRefreshLease,
+  RedisTokenStore,
+} from "../../tokens/redis_tokens.ts";
+
+/** The `state.redis` settings (validated). */
+export interface RedisSettings {
+  /** `redis://` or `rediss://` URL, credentials included (secret). */
+  readonly url: string;
+  /** Prefix of every key. */
+  readonly keyPrefix: string;
+  /** Deadline of each call, ms. */
+  readonly timeoutMs: number;
+  /** Connection-permit lease length, seconds. */
+  readonly permitLeaseSeconds: number;
+  /** PEM CA file for `rediss://`, if not the system's roots. */
+  readonly caFile?: string;
+}
+
+/** Every seam on one Redis connection. */
+export interface SharedState {
+  /** The connection (health, host). */
+  readonly redis: RedisState;
+  /** This process's id in Redis (lease owners, permit members). */
+  readonly instance: string;
+  /** Quotas. */
+  readonly quotas: RedisQuotas;
+  /** Connection permits. */
+  readonly permits: RedisPermits;
+  /** Refresh tokens. */
+  readonly tokenStore: RedisTokenStore;
+  /** Access tokens. */
+  readonly accessTokens: RedisAccessTokenCache;
+  /** One refresh per account. */
+  readonly refreshLease: RedisRefreshLease;
+  /** Gives back held permits and closes the connection. */
+  close(): Promise<void>;
+}
+
+/** A new instance id: process id and a random part (unique across hosts). */
+export function instanceId(): string {
+  return `${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+}
+
+/**
+ * Connects (waiting briefly; an unreachable Redis does not fail the start: the relay
+ * comes up not ready and connects when Redis does) and builds the seams. `cap` is the
+ * per-account connection cap as configured now.
+ */
+export async function openSharedState(
+  settings: RedisSettings,
+  cap: (account: string) => number,
+  registry?: client.Registry,
+): Promise<SharedState> {
+  const ca = settings.caFile ? await Deno.readTextFile(settings.caFile) : undefined;
+  const redis = new RedisState({
+    url: settings.url,
+    keyPrefix: settings.keyPrefix,
+    timeoutMs: settings.timeoutMs,
+    ca,
+  });
+  if (registry) redis.observe(new RedisMetrics(registry));
+  await redis.start();
+  const instance = instanceId();
+  const permits = new RedisPermits(redis, cap, {
+    instance,
+    leaseMs: settings.permitLeaseSeconds * 1000,
+  });
+  return {
+    redis,
+    instance,
+    quotas: new RedisQuotas(redis, instance),
+    permits,
+    tokenStore: new RedisTokenStore(redis),
+    accessTokens: new RedisAccessTokenCache(redis),
+    refreshLease: new RedisRefreshLease(redis, { instance }),
+    async close() {
+      await permits.close();
+      await redis.close();
+    },
+  };
+}
