@@ -82,15 +82,22 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], DAY + 2 * MINUTE) end
 return {'ok', minute, now}
 `);
 
-/** ARGV: minute, recipients, reservation id. Gives a reservation back (if still in the window). */
+/**
+ * ARGV: recipients, reservation id. Gives a reservation back: its minute is found from
+ * its time in `recent` (a reservation older than a minute stays counted in its day bucket,
+ * as in the local counters, unless `ARGV[3]` names its minute).
+ */
 const RELEASE = new Script(`
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
-  redis.call('HINCRBY', KEYS[2], 'm:' .. ARGV[1], -1)
-  redis.call('HINCRBY', KEYS[2], 'r:' .. ARGV[1], -tonumber(ARGV[2]))
+local at = redis.call('ZSCORE', KEYS[1], ARGV[2])
+local minute = ARGV[3]
+if at then minute = tostring(tonumber(at) - (tonumber(at) % 60000)) end
+if minute and minute ~= '' and redis.call('ZSCORE', KEYS[3], minute) and (at or ARGV[3] ~= '') then
+  redis.call('HINCRBY', KEYS[2], 'm:' .. minute, -1)
+  redis.call('HINCRBY', KEYS[2], 'r:' .. minute, -tonumber(ARGV[1]))
   redis.call('HINCRBY', KEYS[2], 'tm', -1)
-  redis.call('HINCRBY', KEYS[2], 'tr', -tonumber(ARGV[2]))
+  redis.call('HINCRBY', KEYS[2], 'tr', -tonumber(ARGV[1]))
 end
-redis.call('ZREM', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[1], ARGV[2])
 return 1
 `);
 
@@ -128,13 +135,21 @@ export class RedisQuotas implements Quotas {
   ): Promise<Reservation | QuotaExceeded> {
     const keys = this.#keys(account);
     const id = `${this.#instance}:${++this.#seq}`;
-    const r = await this.#redis.script("quota_reserve", RESERVE, keys, [
-      limits.messagesPerMinute,
-      limits.messagesPerDay,
-      limits.recipientsPerDay,
-      recipients,
-      id,
-    ]) as [string, number, number];
+    let r: [string, number, number];
+    try {
+      r = await this.#redis.script("quota_reserve", RESERVE, keys, [
+        limits.messagesPerMinute,
+        limits.messagesPerDay,
+        limits.recipientsPerDay,
+        recipients,
+        id,
+      ]) as [string, number, number];
+    } catch (err) {
+      // No answer in time: the script may still have run. Give it back (best effort; if
+      // this fails too, the use stays counted: never more than the quota is sent).
+      this.#release(account, keys, recipients, id, "");
+      throw err;
+    }
     if (r[0] !== "ok") {
       return { kind: r[0] as QuotaKind, limit: Number(r[1]), retryAt: Number(r[2]) };
     }
@@ -147,14 +162,18 @@ export class RedisQuotas implements Quotas {
       release: () => {
         if (settled) return;
         settled = true;
-        this.#redis.script("quota_release", RELEASE, keys, [minute, recipients, id]).catch((err) =>
-          log.warn("quota use of {account} not given back (it stays counted): {error}", {
-            account,
-            error: err instanceof Error ? err.message : String(err),
-          })
-        );
+        this.#release(account, keys, recipients, id, String(minute));
       },
     };
+  }
+
+  #release(account: string, keys: string[], recipients: number, id: string, minute: string): void {
+    this.#redis.script("quota_release", RELEASE, keys, [recipients, id, minute]).catch((err) =>
+      log.warn("quota use of {account} not given back (it stays counted): {error}", {
+        account,
+        error: err instanceof Error ? err.message : String(err),
+      })
+    );
   }
 
   /** See {@link Quotas.usage}. */

@@ -106,6 +106,10 @@ export interface SmtpStats {
   errors: number;
   /** QUIT commands received (clients that said goodbye). */
   quits: number;
+  /** TCP connections open now. */
+  open: number;
+  /** Most TCP connections open at once so far. */
+  peakOpen: number;
 }
 
 /** Options of {@link SandboxSmtpServer.start}. */
@@ -165,6 +169,8 @@ export class SandboxSmtpServer {
     authFailures: 0,
     errors: 0,
     quits: 0,
+    open: 0,
+    peakOpen: 0,
   };
 
   readonly #server: HookedServer;
@@ -200,6 +206,8 @@ export class SandboxSmtpServer {
       closeTimeout: 1000,
       onConnect: (_session, callback) => {
         this.stats.connections++;
+        this.stats.open++;
+        this.stats.peakOpen = Math.max(this.stats.peakOpen, this.stats.open);
         callback();
       },
       onAuth: (auth, session, callback) => this.#onAuth(auth, session, callback),
@@ -212,6 +220,7 @@ export class SandboxSmtpServer {
       onRcptTo: (address, _session, callback) => this.#onRcptTo(address, callback),
       onData: (stream, session, callback) => this.#onData(stream, session, callback),
       onClose: (session) => {
+        this.stats.open--;
         this.#sessions.delete(session.id);
       },
     });

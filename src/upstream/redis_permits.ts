@@ -18,7 +18,7 @@
  * @module
  */
 import { getLogger } from "@logtape/logtape";
-import { type RedisState, Script } from "../state/redis/client.ts";
+import { type RedisState, type RedisUnavailableError, Script } from "../state/redis/client.ts";
 import type { ConnectionPermits, Permit } from "./permits.ts";
 
 const log = getLogger(["relay", "upstream"]);
@@ -187,7 +187,14 @@ export class RedisPermits implements ConnectionPermits {
             [Math.max(1, Math.floor(this.#cap(account))), this.#leaseMs, member],
           ) === 1;
         } catch (err) {
+          // The script may have run without its answer reaching us: give that lease back.
+          this.#remove(account, member);
+          // A slow answer while Redis is up: try again (each waiter has its own deadline).
           // Unreachable Redis: every waiter fails now rather than wait blind.
+          if (this.#redis.up && (err as RedisUnavailableError).kind === "timeout") {
+            await this.#sleep(account);
+            continue;
+          }
           for (const w of this.#waiting.get(account)?.splice(0) ?? []) w.reject(err);
           this.#waiting.delete(account);
           return;

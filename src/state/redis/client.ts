@@ -69,6 +69,8 @@ export class Script {
 }
 
 const log = getLogger(["relay", "redis"]);
+/** Calls in a row without an answer in time that mark Redis down. */
+const DOWN_AFTER_TIMEOUTS = 3;
 /** Health PING period, ms. */
 const PING_MS = 1_000;
 
@@ -88,6 +90,8 @@ export class RedisState {
   #up = false;
   #closed = false;
   #pinger?: ReturnType<typeof setInterval>;
+  /** Calls in a row that got no answer in time. */
+  #timeouts = 0;
   /** Why it is down, for the log and /readyz. */
   #reason = "not connected yet";
 
@@ -99,6 +103,9 @@ export class RedisState {
     this.#client = createClient({
       url: options.url,
       disableOfflineQueue: true,
+      // Enterprise maintenance notices: off (their handshake reads REDIS_DEBUG_MAINTENANCE
+      // from the environment, which the relay may not read).
+      maintNotifications: "disabled",
       socket: {
         connectTimeout: Math.max(options.timeoutMs, 1_000),
         reconnectStrategy: (retries: number) => Math.min(50 * 2 ** Math.min(retries, 6), 2_000),
@@ -226,6 +233,7 @@ export class RedisState {
     });
     try {
       const result = await Promise.race([run(control.signal), deadline]);
+      this.#timeouts = 0;
       done();
       return result;
     } catch (err) {
@@ -234,7 +242,12 @@ export class RedisState {
         `${op}: ${describe(err)}`,
       );
       done(error);
-      if (error.kind !== "error") this.#down(error.message);
+      // One slow call on a loaded machine is not an outage: down after a few in a row, or
+      // at once when the connection itself fails.
+      if (error.kind === "unavailable") this.#down(error.message);
+      else if (error.kind === "timeout" && ++this.#timeouts >= DOWN_AFTER_TIMEOUTS) {
+        this.#down(error.message);
+      }
       throw error;
     } finally {
       clearTimeout(timer);
