@@ -17,6 +17,7 @@ import { StateSaver } from "./state/saver.ts";
 import { isQuotaSnapshot, type QuotaSnapshot } from "./quota/quota.ts";
 import { LocalQuotas, type Quotas } from "./quota/quotas.ts";
 import { openSharedState, type SharedState } from "./state/redis/mod.ts";
+import type { AuthFailureLedger } from "./ingress/auth_ledger.ts";
 import { AccountRegistry } from "./registry.ts";
 import { planReload } from "./reload.ts";
 import { readiness } from "./readiness.ts";
@@ -106,7 +107,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     deliveryTimeoutMs: config.deliveryTimeoutSeconds * 1000,
   });
   const ingress = await startIngress({
-    ...await ingressOptions(config, relay, metrics),
+    ...await ingressOptions(config, relay, metrics, backend.shared?.authFailures),
     // Lock log lines name configured accounts only (clients put passwords in the username).
     accountName: (u) => config.accounts.find((a) => a.email.toLowerCase() === u)?.email,
   });
@@ -242,6 +243,7 @@ async function ingressOptions(
   config: RelayConfig,
   relay: Relay,
   metrics: Metrics,
+  authFailureLedger?: AuthFailureLedger,
 ): Promise<IngressOptions> {
   const listeners: ListenerOptions[] = [{
     host: config.smtp.host,
@@ -272,6 +274,7 @@ async function ingressOptions(
       authFailureWindowMs: limits.authFailureWindowSeconds * 1000,
       idleTimeoutMs: limits.idleTimeoutSeconds * 1000,
       sessionTimeoutMs: limits.sessionTimeoutSeconds * 1000,
+      ...(authFailureLedger ? { authFailureLedger } : {}),
     },
     backend: relay,
     observer: metrics,

@@ -7,6 +7,7 @@
 import type client from "prom-client";
 import { RedisState } from "./client.ts";
 import { RedisMetrics } from "./metrics.ts";
+import { RedisAuthFailures } from "./auth_failures.ts";
 import { RedisQuotas } from "../../quota/redis_quotas.ts";
 import { RedisPermits } from "../../upstream/redis_permits.ts";
 import {
@@ -45,6 +46,8 @@ export interface SharedState {
   readonly accessTokens: RedisAccessTokenCache;
   /** One refresh per account. */
   readonly refreshLease: RedisRefreshLease;
+  /** Failed AUTHs per IP and per account, account locks. */
+  readonly authFailures: RedisAuthFailures;
   /** Gives back held permits and closes the connection. */
   close(): Promise<void>;
 }
@@ -86,6 +89,7 @@ export async function openSharedState(
     tokenStore: new RedisTokenStore(redis),
     accessTokens: new RedisAccessTokenCache(redis),
     refreshLease: new RedisRefreshLease(redis, { instance }),
+    authFailures: new RedisAuthFailures(redis, instance),
     async close() {
       await permits.close();
       await redis.close();
