@@ -117,14 +117,23 @@ export interface AccountStatus {
   };
   /** What the operator should do, when the account needs them. */
   readonly action?: string;
-  /** Open upstream connections and the cap. */
-  readonly connections: { readonly open: number; readonly max: number };
+  /**
+   * Open upstream connections and the cap; with shared state, `fleet`: the connections of
+   * every instance (instance id → count).
+   */
+  readonly connections: {
+    readonly open: number;
+    readonly max: number;
+    readonly fleet?: Readonly<Record<string, number>>;
+  };
   /** Quota usage in the current windows, with limits (0: none). */
   readonly quota: {
     readonly messagesToday: number;
     readonly recipientsToday: number;
     readonly lastMinute: number;
     readonly limits: AccountConfig["quota"];
+    /** The shared quota state could not be read (Redis down): the counts are not known. */
+    readonly unavailable?: true;
   };
 }
 
@@ -165,6 +174,7 @@ export class AccountRuntime {
   /** What the relay uses. */
   readonly relayAccount: RelayAccount;
   #inflight = 0;
+  readonly #permits?: ConnectionPermits;
   #retired = false;
   /** Replaced by a reload, still usable until {@link retire}'s grace period ends. */
   #retiring = false;
@@ -185,6 +195,7 @@ export class AccountRuntime {
     // A corrupt token file shows (readiness, status) before a message needs the account.
     void this.tokens.inspect();
     const tokens = this.tokens;
+    this.#permits = deps.permits;
     this.pool = new UpstreamPool(
       upstreamTarget(relayConfig, config),
       (renew) => renew ? tokens.renew() : tokens.get(),
@@ -278,7 +289,9 @@ export class AccountRuntime {
 
   /** The operator's view, with the quota use from `quotas`. */
   async status(quotas: Quotas): Promise<AccountStatus> {
-    const usage = await quotas.usage(this.config.email);
+    // Shared state (Redis) may be down: the rest of the view is still worth showing.
+    const usage = await quotas.usage(this.config.email).catch(() => undefined);
+    const fleet = await this.#permits?.holders?.(this.config.email).catch(() => undefined);
     const unsaved = this.tokens.unsaved;
     const action = accountAction(this.config.email, this.tokens.state, this.tokens.lastError);
     return {
@@ -301,8 +314,18 @@ export class AccountRuntime {
         }
         : {}),
       ...(action ? { action } : {}),
-      connections: { open: this.pool.openConnections, max: this.config.maxConnections },
-      quota: { ...usage, limits: this.config.quota },
+      connections: {
+        open: this.pool.openConnections,
+        max: this.config.maxConnections,
+        ...(fleet ? { fleet } : {}),
+      },
+      quota: usage ? { ...usage, limits: this.config.quota } : {
+        messagesToday: 0,
+        recipientsToday: 0,
+        lastMinute: 0,
+        limits: this.config.quota,
+        unavailable: true,
+      },
     };
   }
 }

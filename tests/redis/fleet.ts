@@ -161,6 +161,46 @@ export async function send(port: number, account: TestAccount, subject: string):
   }
 }
 
+/**
+ * Sends one message per subject, one after the other, over one SMTP session (one AUTH)
+ * through the relay on `port`; returns the reply lines.
+ */
+export async function sendInOneSession(
+  port: number,
+  account: TestAccount,
+  subjects: string[],
+): Promise<string[]> {
+  const t = nodemailer.createTransport({
+    host: "127.0.0.1",
+    port,
+    secure: false,
+    ignoreTLS: true,
+    pool: true,
+    maxConnections: 1,
+    maxMessages: Infinity,
+    name: "client.test",
+    auth: { user: account.email, pass: PASSWORD, method: "PLAIN" },
+    logger: false,
+  });
+  const replies: string[] = [];
+  try {
+    for (const subject of subjects) {
+      try {
+        const info = await t.sendMail({
+          envelope: { from: account.email, to: ["r@example.net"] },
+          raw: Buffer.from(rawMessage(account.email, "r@example.net", `${subject}\r\n`, subject)),
+        });
+        replies.push(info.response);
+      } catch (err) {
+        replies.push((err as { response?: string }).response ?? String(err));
+      }
+    }
+    return replies;
+  } finally {
+    t.close();
+  }
+}
+
 /** How many messages with `subject` the sandbox received. */
 export function deliveredCount(sandbox: Sandbox, subject: string): number {
   const needle = `Subject: ${subject}\r\n`;

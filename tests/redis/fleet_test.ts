@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { type Sandbox, startSandbox } from "../../src/sandbox/mod.ts";
 import { makeAccounts, metricValue, type TestAccount, until } from "../harness.ts";
 import { RedisServer } from "./redis_server.ts";
-import { deliveredCount, FleetRelay, redisConfig, send } from "./fleet.ts";
+import { deliveredCount, FleetRelay, redisConfig, send, sendInOneSession } from "./fleet.ts";
 
 interface Fleet {
   sandbox: Sandbox;
@@ -70,6 +70,11 @@ Deno.test("fleet: a cap of 3 connections across two relays -> the sandbox never 
     assert.equal(f.sandbox.received.length, 60);
     assert.ok(f.sandbox.smtp.stats.peakOpen <= 3, `peak ${f.sandbox.smtp.stats.peakOpen}`);
     assert.ok(f.sandbox.smtp.stats.peakOpen >= 2, "both relays held connections at once");
+    // The operator sees the fleet's connections (pooled ones stay open while idle).
+    const view = JSON.parse((await f.relays[0].http("/accounts")).body);
+    const fleet: Record<string, number> = view[0].connections.fleet;
+    const total = Object.values(fleet).reduce((a, b) => a + b, 0);
+    assert.ok(total >= 1 && total <= 3, JSON.stringify(fleet));
   }, { accountExtra: "maxConnections: 3," });
 });
 
@@ -163,5 +168,75 @@ Deno.test("fleet: Redis killed under load -> every message 250 and delivered onc
     }
     assert.ok((await f.relays[1].http("/readyz")).status === 200);
     for (const r of f.relays) await r.waitFor("is unavailable");
+  });
+});
+
+Deno.test("fleet: a stalled Redis (SIGSTOP) -> 451 4.3.0 within the deadline, /readyz 503, nothing sent; resumed -> 250 again", async () => {
+  await fleet(async (f) => {
+    assert.match(await send(f.relays[0].ports.smtp, f.account, "warm"), /^250 /);
+    f.redis.stall();
+    try {
+      const started = Date.now();
+      const replies = await burst(f, 6, "stalled");
+      assert.deepEqual(
+        replies,
+        Array(6).fill("451 4.3.0 Shared state unavailable, try again later"),
+      );
+      assert.ok(Date.now() - started < 15_000);
+      for (const r of f.relays) {
+        assert.ok(await until(async () => (await r.http("/readyz")).status === 503, 15_000));
+      }
+      const metrics = (await f.relays[0].http("/metrics")).body;
+      assert.ok(
+        metricValue(metrics, 'smtp_relay_redis_calls_total{op="quota_reserve",result="timeout"}') >=
+          1,
+      );
+      assert.equal(metricValue(metrics, "smtp_relay_redis_up"), 0);
+      assert.ok(
+        metricValue(metrics, 'smtp_relay_messages_total{result="state_unavailable"}') >= 1,
+      );
+    } finally {
+      f.redis.resume();
+    }
+    for (const r of f.relays) {
+      assert.ok(await until(async () => (await r.http("/readyz")).status === 200, 15_000));
+    }
+    const after = await burst(f, 4, "resumed");
+    assert.deepEqual(after.filter((r) => !r.startsWith("250 ")), []);
+    assert.equal(f.sandbox.received.length, 5, "only the warm-up and the 4 after it");
+    for (const r of f.relays) await r.waitFor("is unavailable");
+  });
+});
+
+/** Redis calls so far per operation, but the health PING. */
+function redisCalls(metrics: string): Map<string, number> {
+  const calls = new Map<string, number>();
+  for (const line of metrics.split("\n")) {
+    const m = line.match(/^smtp_relay_redis_calls_total\{op="([a-z_]+)",result="[a-z]+"\} (\d+)/);
+    if (!m || m[1] === "ping") continue;
+    calls.set(m[1], (calls.get(m[1]) ?? 0) + Number(m[2]));
+  }
+  return calls;
+}
+
+Deno.test("fleet: the hot path costs at most 2 Redis round trips per message (measured: 1)", async () => {
+  await fleet(async (f) => {
+    const relay = f.relays[0];
+    assert.match(await send(relay.ports.smtp, f.account, "warm"), /^250 /);
+    const before = redisCalls((await relay.http("/metrics")).body);
+    const subjects = Array.from({ length: 20 }, (_, i) => `hot-${i}`);
+    const replies = await sendInOneSession(relay.ports.smtp, f.account, subjects);
+    assert.deepEqual(replies.filter((r) => !r.startsWith("250 ")), []);
+    const after = redisCalls((await relay.http("/metrics")).body);
+    const delta = new Map([...after].map(([op, n]) => [op, n - (before.get(op) ?? 0)]));
+    const total = [...delta.values()].reduce((a, b) => a + b, 0);
+    const shown = JSON.stringify(Object.fromEntries(delta));
+    assert.equal(delta.get("quota_reserve"), 20, shown);
+    // The rest: one lock check for the session's AUTH, lease renewals on a timer.
+    assert.ok(total <= 40, `${total} Redis calls for 20 messages: ${shown}`);
+    console.log(`Redis calls for 20 messages in one session: ${total} ${shown}`);
+    assert.ok((delta.get("auth_lock") ?? 0) <= 1, shown);
+    assert.equal(delta.get("access_get") ?? 0, 0, shown);
+    assert.equal(delta.get("conn_acquire") ?? 0, 0, shown);
   });
 });

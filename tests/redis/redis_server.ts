@@ -106,6 +106,16 @@ export class RedisServer {
     }
   }
 
+  /** SIGSTOP: connections stay open, nothing is answered (a stalled Redis). */
+  stall(): void {
+    this.#child?.kill("SIGSTOP");
+  }
+
+  /** SIGCONT after {@link stall}. */
+  resume(): void {
+    this.#child?.kill("SIGCONT");
+  }
+
   /** SIGKILL (a crash): no goodbye to clients. */
   async kill(): Promise<void> {
     const child = this.#child;
