@@ -5,6 +5,8 @@
  * @module
  */
 import type client from "prom-client";
+import type { RelayConfig } from "../../config/load.ts";
+import { FileTokenStore, type TokenStore } from "../../tokens/store.ts";
 import { RedisState } from "./client.ts";
 import { RedisMetrics } from "./metrics.ts";
 import { RedisAuthFailures } from "./auth_failures.ts";
@@ -95,4 +97,40 @@ export async function openSharedState(
       await redis.close();
     },
   };
+}
+
+/** A refresh-token store for the commands (`authorize`, `check`) and how to let go of it. */
+export interface OpenedTokenStore {
+  /** The store the relay uses: files in `stateDir`, or Redis. */
+  readonly store: TokenStore;
+  /** Closes the Redis connection, if any. */
+  close(): Promise<void>;
+}
+
+/**
+ * The refresh-token store `config` chooses, the same one the relay uses, so `authorize`
+ * and `check` never work on another copy. With Redis, rejects (naming host and reason,
+ * never the URL) when it cannot be reached.
+ */
+export async function openTokenStore(
+  config: Pick<RelayConfig, "stateDir" | "state">,
+): Promise<OpenedTokenStore> {
+  const settings = config.state.redis;
+  if (!settings) {
+    return { store: new FileTokenStore(config.stateDir), close: () => Promise.resolve() };
+  }
+  const ca = settings.caFile ? await Deno.readTextFile(settings.caFile) : undefined;
+  const redis = new RedisState({
+    url: settings.url,
+    keyPrefix: settings.keyPrefix,
+    timeoutMs: settings.timeoutMs,
+    ca,
+  });
+  await redis.start(Math.max(settings.timeoutMs * 3, 3_000));
+  if (!redis.up) {
+    const why = redis.reason;
+    await redis.close();
+    throw new Error(`Redis at ${redis.host} (state.redis.url) is unreachable: ${why}`);
+  }
+  return { store: new RedisTokenStore(redis), close: () => redis.close() };
 }
