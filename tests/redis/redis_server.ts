@@ -20,10 +20,20 @@ export class RedisServer {
     this.#password = password;
   }
 
-  /** Starts one; `password`: `requirepass` (for the ACL tests). */
-  static async start(options: { password?: string } = {}): Promise<RedisServer> {
+  /** TLS port (with `tls`), beside the plain one. */
+  tlsPort?: number;
+
+  /**
+   * Starts one; `password`: `requirepass`; `tls`: also a TLS port with a certificate for
+   * 127.0.0.1 from a new CA (`<dir>/ca.pem`), made with openssl.
+   */
+  static async start(options: { password?: string; tls?: boolean } = {}): Promise<RedisServer> {
     const dir = await Deno.makeTempDir({ prefix: "relay-redis-" });
     const server = new RedisServer(freePort(), dir, options.password);
+    if (options.tls) {
+      await makeCertificates(dir);
+      server.tlsPort = freePort();
+    }
     await server.restart();
     return server;
   }
@@ -61,6 +71,20 @@ export class RedisServer {
       "warning",
     ];
     if (this.#password) args.push("--requirepass", this.#password);
+    if (this.tlsPort) {
+      args.push(
+        "--tls-port",
+        String(this.tlsPort),
+        "--tls-cert-file",
+        `${this.dir}/server.pem`,
+        "--tls-key-file",
+        `${this.dir}/server.key`,
+        "--tls-ca-cert-file",
+        `${this.dir}/ca.pem`,
+        "--tls-auth-clients",
+        "no",
+      );
+    }
     this.#child = new Deno.Command("redis-server", {
       args,
       stdin: "null",
@@ -134,6 +158,64 @@ export class RedisServer {
     await this.kill();
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
+}
+
+/** A CA and a server certificate for 127.0.0.1 in `dir` (ca.pem, server.pem, server.key). */
+async function makeCertificates(dir: string): Promise<void> {
+  const run = async (args: string[]) => {
+    const out = await new Deno.Command("openssl", {
+      args,
+      cwd: dir,
+      stdout: "null",
+      stderr: "piped",
+    })
+      .output();
+    if (!out.success) {
+      throw new Error(`openssl ${args[0]}: ${new TextDecoder().decode(out.stderr)}`);
+    }
+  };
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  await run([
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=relay test CA",
+  ]);
+  await run([
+    "req",
+    ...ec,
+    "-keyout",
+    "server.key",
+    "-out",
+    "server.csr",
+    "-subj",
+    "/CN=127.0.0.1",
+  ]);
+  await Deno.writeTextFile(`${dir}/ext`, "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  await run([
+    "x509",
+    "-req",
+    "-in",
+    "server.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "server.pem",
+    "-days",
+    "2",
+    "-extfile",
+    "ext",
+  ]);
 }
 
 function resp(args: string[]): string {

@@ -20,7 +20,7 @@ import { RedisServer } from "./redis_server.ts";
 
 async function withRedis(
   fn: (server: RedisServer, connect: () => Promise<RedisState>) => Promise<void>,
-  options: { password?: string } = {},
+  options: { password?: string; tls?: boolean } = {},
 ): Promise<void> {
   const server = await RedisServer.start(options);
   const states: RedisState[] = [];
@@ -273,4 +273,36 @@ Deno.test("redis: a URL with a password (requirepass) works; a wrong one leaves 
     assert.ok(!bad.reason.includes("wrong-secret"), bad.reason);
     await bad.close();
   }, { password: "s3cret pass" });
+});
+
+Deno.test("redis: rediss:// with an ACL user, trusting the server's CA from caFile; without it, down with the reason", async () => {
+  await withRedis(async (server) => {
+    assert.match(
+      await server.command(["ACL", "SETUSER", "relay", "on", ">acl pass", "~t:*", "+@all"]),
+      /^\+OK/,
+    );
+    const url = `rediss://relay:${encodeURIComponent("acl pass")}@127.0.0.1:${server.tlsPort}`;
+    const ca = await Deno.readTextFile(`${server.dir}/ca.pem`);
+    const s = new RedisState({ url, keyPrefix: "t:", timeoutMs: 1_000, ca });
+    await s.start();
+    try {
+      assert.ok(s.up, s.reason);
+      const store = new RedisTokenStore(s);
+      const value = { refreshToken: "rt", configFingerprint: "f", updatedAt: "now" };
+      assert.deepEqual(await store.compareAndSet("tls@example.com", "absent", value), {
+        ok: true,
+        version: 0,
+      });
+      // The ACL allows the prefix only.
+      await assert.rejects(s.call("other", ["SET", "elsewhere", "1"]), RedisUnavailableError);
+    } finally {
+      await s.close();
+    }
+    const untrusted = new RedisState({ url, keyPrefix: "t:", timeoutMs: 1_000 });
+    await untrusted.start(2_000);
+    assert.ok(!untrusted.up);
+    assert.match(untrusted.reason, /certificate/i);
+    assert.ok(!untrusted.reason.includes("acl pass"));
+    await untrusted.close();
+  }, { tls: true });
 });
