@@ -19,6 +19,7 @@ import { recipientProblem } from "./address.ts";
 import { DEFAULTS } from "../config/defaults.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
 import {
+  acceptProxyV2,
   attach,
   attached,
   captureNew,
@@ -508,6 +509,8 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
     };
     const fast = (address: string) => isLoopback(address) || trusted.has(address);
     const server = new Listener(options, fast);
+    // PROXY v2 (HAProxy send-proxy-v2) besides smtp-server's own v1, from listed proxies.
+    if (l.proxyFrom.length > 0) acceptProxyV2(server);
     // A failed TLS handshake or a reset socket must not take the process down.
     server.on("error", (err) => o.onError?.(err));
     servers.push(server);
