@@ -240,3 +240,33 @@ Deno.test("fleet: the hot path costs at most 2 Redis round trips per message (me
     assert.equal(delta.get("conn_acquire") ?? 0, 0, shown);
   });
 });
+
+Deno.test("fleet: a relay started while Redis is down comes up not ready (451 4.3.0), and sends once Redis starts, without a restart", async () => {
+  const sandbox = await startSandbox();
+  const [account] = makeAccounts(1);
+  sandbox.addAccount(account);
+  const redis = await RedisServer.start();
+  await redis.kill();
+  let relay: FleetRelay | undefined;
+  try {
+    relay = await FleetRelay.start(sandbox, redis, await redisConfig(sandbox, [account]));
+    await relay.waitFor("is unavailable");
+    const ready = await relay.http("/readyz");
+    assert.equal(ready.status, 503);
+    assert.equal(JSON.parse(ready.body).sharedState.up, false);
+    assert.equal(
+      await send(relay.ports.smtp, account, "early"),
+      "451 4.3.0 Shared state unavailable, try again later",
+    );
+    await redis.restart();
+    const r = relay;
+    assert.ok(await until(async () => (await r.http("/readyz")).status === 200, 20_000));
+    assert.match(await send(relay.ports.smtp, account, "later"), /^250 /);
+    assert.equal(deliveredCount(sandbox, "early"), 0);
+    assert.equal(deliveredCount(sandbox, "later"), 1);
+  } finally {
+    await relay?.close();
+    await redis.close();
+    await sandbox.close();
+  }
+});
