@@ -202,9 +202,15 @@ export class RedisState {
     this.#closed = true;
     clearInterval(this.#pinger);
     try {
-      if (this.#client.isOpen) await this.#client.close();
+      // A client still trying to connect has nothing to say goodbye on: stop it.
+      if (this.#client.isReady) await this.#client.close();
+      else if (this.#client.isOpen) this.#client.destroy();
     } catch {
-      this.#client.destroy();
+      try {
+        this.#client.destroy();
+      } catch {
+        // already closed
+      }
     }
   }
 
