@@ -89,7 +89,10 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   const capOf = (account: string) =>
     config.accounts.find((a) => a.email.toLowerCase() === account.toLowerCase())
       ?.maxConnections ?? 1;
-  const backend = await stateBackend(config, capOf, metrics);
+  // Another instance waits for one of an account's connections: idle ones here go.
+  const onWanted = (account: string) =>
+    registry?.runtimes.find((r) => r.config.email.toLowerCase() === account)?.pool.quitIdle();
+  const backend = await stateBackend(config, capOf, metrics, onWanted);
   const quotas = backend.quotas;
   const deps: AccountDeps = {
     ...backend.deps,
@@ -208,10 +211,11 @@ async function stateBackend(
   config: RelayConfig,
   capOf: (account: string) => number,
   metrics: Metrics,
+  onWanted: (account: string) => void,
 ): Promise<StateBackend> {
   const redis = config.state.redis;
   if (redis) {
-    const shared = await openSharedState(redis, capOf, metrics.registry);
+    const shared = await openSharedState(redis, capOf, metrics.registry, onWanted);
     log.info("shared state on Redis at {host} (keys under {prefix}), instance {instance}", {
       host: shared.redis.host,
       prefix: redis.keyPrefix,

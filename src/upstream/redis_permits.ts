@@ -23,7 +23,10 @@ import type { ConnectionPermits, Permit } from "./permits.ts";
 
 const log = getLogger(["relay", "upstream"]);
 
-/** ARGV: cap, lease ms, member. 1 granted, 0 full. */
+/**
+ * KEYS: leases, wait mark. ARGV: cap, lease ms, member, wait-mark ms. 1 granted, 0 full
+ * (then the wait mark names the waiter, so holders elsewhere let idle connections go).
+ */
 const ACQUIRE = new Script(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -33,10 +36,14 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
   return 1
 end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 return 0
 `);
 
-/** ARGV: lease ms, members…; extends those still held, returns those that are gone. */
+/**
+ * KEYS: leases, wait mark. ARGV: lease ms, members…; extends those still held. Returns
+ * {members that are gone, the waiting member or ''}.
+ */
 const RENEW = new Script(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -49,7 +56,7 @@ for i = 2, #ARGV do
   end
 end
 redis.call('PEXPIRE', KEYS[1], 2 * ttl)
-return lost
+return {lost, redis.call('GET', KEYS[2]) or ''}
 `);
 
 /** Options of {@link RedisPermits}. */
@@ -60,6 +67,12 @@ export interface RedisPermitsOptions {
   readonly leaseMs?: number;
   /** A waiter tries again this often, ms (default 50). */
   readonly pollMs?: number;
+  /**
+   * Another instance waits for a permit of `account` while this one holds some: let idle
+   * connections go (the pool's `quitIdle`), so an idle pooled connection does not starve
+   * the others. Checked at every renewal.
+   */
+  readonly onWanted?: (account: string) => void;
 }
 
 interface Held {
@@ -81,6 +94,7 @@ export class RedisPermits implements ConnectionPermits {
   readonly #instance: string;
   readonly #leaseMs: number;
   readonly #pollMs: number;
+  readonly #onWanted?: (account: string) => void;
   /** Held leases per account (lower-cased). */
   readonly #held = new Map<string, Map<string, Held>>();
   readonly #waiting = new Map<string, Waiter[]>();
@@ -102,6 +116,7 @@ export class RedisPermits implements ConnectionPermits {
     this.#instance = options.instance;
     this.#leaseMs = options.leaseMs ?? 15_000;
     this.#pollMs = options.pollMs ?? 50;
+    this.#onWanted = options.onWanted;
     this.#renewer = setInterval(() => void this.#renewAll(), Math.floor(this.#leaseMs / 3));
     Deno.unrefTimer(this.#renewer as unknown as number);
   }
@@ -183,8 +198,13 @@ export class RedisPermits implements ConnectionPermits {
           granted = await this.#redis.script(
             "conn_acquire",
             ACQUIRE,
-            [this.#redis.key("conn", account)],
-            [Math.max(1, Math.floor(this.#cap(account))), this.#leaseMs, member],
+            [this.#redis.key("conn", account), this.#redis.key("connwait", account)],
+            [
+              Math.max(1, Math.floor(this.#cap(account))),
+              this.#leaseMs,
+              member,
+              Math.floor(this.#leaseMs / 3) + 1_000,
+            ],
           ) === 1;
         } catch (err) {
           // The script may have run without its answer reaching us: give that lease back.
@@ -265,14 +285,15 @@ export class RedisPermits implements ConnectionPermits {
       const members = [...held.keys()];
       if (members.length === 0) return;
       try {
-        const lost = await this.#redis.script(
+        const [lost, waiter] = await this.#redis.script(
           "conn_renew",
           RENEW,
-          [this.#redis.key("conn", account)],
+          [this.#redis.key("conn", account), this.#redis.key("connwait", account)],
           [this.#leaseMs, ...members],
-        ) as string[];
+        ) as [string[], string];
         this.#renewedAt.set(account, Date.now());
         for (const m of lost) this.#revoke(account, m, "its lease is gone");
+        if (waiter && !waiter.startsWith(`${this.#instance}:`)) this.#onWanted?.(account);
       } catch {
         // Not renewed: once the leases may have run out, they are not ours any more.
         // The next round would come too late: revoke now, before Redis lets them lapse.

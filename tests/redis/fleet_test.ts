@@ -270,3 +270,17 @@ Deno.test("fleet: a relay started while Redis is down comes up not ready (451 4.
     await sandbox.close();
   }
 });
+
+Deno.test("fleet: cap 1, an idle pooled connection on one relay does not starve the other (it lets it go at its next renewal)", async () => {
+  await fleet(async (f) => {
+    // Relay 0's connection stays pooled and idle (the pool keeps idle ones for 60 s).
+    assert.match(await send(f.relays[0].ports.smtp, f.account, "first"), /^250 /);
+    assert.equal(f.sandbox.smtp.stats.open, 1);
+    const started = Date.now();
+    assert.match(await send(f.relays[1].ports.smtp, f.account, "second"), /^250 /);
+    const waited = Date.now() - started;
+    assert.ok(waited < 30_000, `waited ${waited} ms`);
+    assert.ok(f.sandbox.smtp.stats.peakOpen <= 1, `peak ${f.sandbox.smtp.stats.peakOpen}`);
+    assert.equal(deliveredCount(f.sandbox, "second"), 1);
+  }, { accountExtra: "maxConnections: 1," });
+});

@@ -62,12 +62,14 @@ export function instanceId(): string {
 /**
  * Connects (waiting briefly; an unreachable Redis does not fail the start: the relay
  * comes up not ready and connects when Redis does) and builds the seams. `cap` is the
- * per-account connection cap as configured now.
+ * per-account connection cap as configured now; `onWanted`: another instance waits for
+ * one of the account's connections (let idle ones go).
  */
 export async function openSharedState(
   settings: RedisSettings,
   cap: (account: string) => number,
   registry?: client.Registry,
+  onWanted?: (account: string) => void,
 ): Promise<SharedState> {
   const ca = settings.caFile ? await Deno.readTextFile(settings.caFile) : undefined;
   const redis = new RedisState({
@@ -82,6 +84,7 @@ export async function openSharedState(
   const permits = new RedisPermits(redis, cap, {
     instance,
     leaseMs: settings.permitLeaseSeconds * 1000,
+    onWanted,
   });
   return {
     redis,
