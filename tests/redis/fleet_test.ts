@@ -7,7 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { type Sandbox, startSandbox } from "../../src/sandbox/mod.ts";
-import { makeAccounts, metricValue, type TestAccount, until } from "../harness.ts";
+import {
+  freePort,
+  makeAccounts,
+  metricValue,
+  startTaskArgs,
+  type TestAccount,
+  until,
+} from "../harness.ts";
 import { RedisServer } from "./redis_server.ts";
 import { deliveredCount, FleetRelay, redisConfig, send, sendInOneSession } from "./fleet.ts";
 
@@ -283,4 +290,40 @@ Deno.test("fleet: cap 1, an idle pooled connection on one relay does not starve 
     assert.ok(f.sandbox.smtp.stats.peakOpen <= 1, `peak ${f.sandbox.smtp.stats.peakOpen}`);
     assert.equal(deliveredCount(f.sandbox, "second"), 1);
   }, { accountExtra: "maxConnections: 1," });
+});
+
+Deno.test("fleet: a relay without --allow-net for the Redis address does not start, naming the flag", async () => {
+  const sandbox = await startSandbox();
+  const [account] = makeAccounts(1);
+  sandbox.addAccount(account);
+  const dir = await Deno.makeTempDir({ prefix: "relay-noperm-" });
+  try {
+    const port = freePort();
+    await Deno.writeTextFile(`${dir}/accounts.ts`, await redisConfig(sandbox, [account]));
+    const ports = {
+      smtp: freePort(),
+      metrics: freePort(),
+      sandboxToken: Number(new URL(sandbox.tokenUrl).port),
+      sandboxSmtp: sandbox.smtpPort,
+    };
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [...await startTaskArgs(ports), "--log-format", "json"],
+      cwd: dir,
+      env: { RELAY_REDIS_URL: `redis://127.0.0.2:${port}` },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 1);
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.ok(
+      stderr.includes(
+        `cannot start: state.redis.url: Redis at 127.0.0.2:${port} needs --allow-net=127.0.0.2:${port} (not granted)`,
+      ),
+      stderr,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await sandbox.close();
+  }
 });

@@ -7,7 +7,7 @@
 import type client from "prom-client";
 import type { RelayConfig } from "../../config/load.ts";
 import { FileTokenStore, type TokenStore } from "../../tokens/store.ts";
-import { RedisState } from "./client.ts";
+import { redisHost, RedisState } from "./client.ts";
 import { RedisMetrics } from "./metrics.ts";
 import { RedisAuthFailures } from "./auth_failures.ts";
 import { RedisQuotas } from "../../quota/redis_quotas.ts";
@@ -54,6 +54,17 @@ export interface SharedState {
   close(): Promise<void>;
 }
 
+/**
+ * Fails with the flag to add when this process may not connect to Redis's `host:port`
+ * (Deno would otherwise refuse every connection attempt, quietly, forever).
+ */
+export function checkRedisPermission(url: string): void {
+  const host = redisHost(url);
+  if (Deno.permissions.querySync({ name: "net", host }).state !== "granted") {
+    throw new Error(`state.redis.url: Redis at ${host} needs --allow-net=${host} (not granted)`);
+  }
+}
+
 /** A new instance id: process id and a random part (unique across hosts). */
 export function instanceId(): string {
   return `${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
@@ -71,6 +82,7 @@ export async function openSharedState(
   registry?: client.Registry,
   onWanted?: (account: string) => void,
 ): Promise<SharedState> {
+  checkRedisPermission(settings.url);
   const ca = settings.caFile ? await Deno.readTextFile(settings.caFile) : undefined;
   const redis = new RedisState({
     url: settings.url,
@@ -122,6 +134,7 @@ export async function openTokenStore(
   if (!settings) {
     return { store: new FileTokenStore(config.stateDir), close: () => Promise.resolve() };
   }
+  checkRedisPermission(settings.url);
   const ca = settings.caFile ? await Deno.readTextFile(settings.caFile) : undefined;
   const redis = new RedisState({
     url: settings.url,
