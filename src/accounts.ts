@@ -18,6 +18,8 @@ import {
 import type { TokenStore } from "./tokens/store.ts";
 import type { UpstreamObserver, UpstreamTarget } from "./upstream/pool.ts";
 import { createTransport, isTransportObserver, type Transport } from "./upstream/transport.ts";
+import type { AccessTokenCache } from "./tokens/cache.ts";
+import type { RefreshLease } from "./tokens/lease.ts";
 import { type ConnectionPermits, LocalPermits } from "./upstream/permits.ts";
 import type { RelayAccount } from "./relay/relay.ts";
 import type { Quotas } from "./quota/quotas.ts";
@@ -33,8 +35,11 @@ export function accountTokens(
   onRefresh?: (outcome: RefreshOutcome) => void,
   onSave?: (outcome: SaveOutcome) => void,
   grant?: AppGrant,
+  shared?: SharedTokenState,
 ): AccountTokens {
   return new AccountTokens({
+    ...(shared?.accessTokens ? { cache: shared.accessTokens } : {}),
+    ...(shared?.refreshLease ? { lease: shared.refreshLease } : {}),
     account: a.email,
     grant,
     client: {
@@ -57,6 +62,14 @@ export function accountTokens(
     onRefresh,
     onSave,
   });
+}
+
+/** Token state shared by relay instances (Redis); absent: this process's memory. */
+export interface SharedTokenState {
+  /** Access tokens, shared. */
+  readonly accessTokens?: AccessTokenCache;
+  /** One refresh per account across instances. */
+  readonly refreshLease?: RefreshLease;
 }
 
 /** Where and how an account's mail goes upstream. */
@@ -110,14 +123,23 @@ export interface AccountStatus {
   };
   /** What the operator should do, when the account needs them. */
   readonly action?: string;
-  /** Open upstream connections and the cap. */
-  readonly connections: { readonly open: number; readonly max: number };
+  /**
+   * Open upstream connections and the cap; with shared state, `fleet`: the connections of
+   * every instance (instance id → count).
+   */
+  readonly connections: {
+    readonly open: number;
+    readonly max: number;
+    readonly fleet?: Readonly<Record<string, number>>;
+  };
   /** Quota usage in the current windows, with limits (0: none). */
   readonly quota: {
     readonly messagesToday: number;
     readonly recipientsToday: number;
     readonly lastMinute: number;
     readonly limits: AccountConfig["quota"];
+    /** The shared quota state could not be read (Redis down): the counts are not known. */
+    readonly unavailable?: true;
   };
 }
 
@@ -125,7 +147,7 @@ export interface AccountStatus {
 const RETIRE_GRACE_MS = 5_000;
 
 /** Shared parts an account runtime needs. */
-export interface AccountDeps {
+export interface AccountDeps extends SharedTokenState {
   /** Where rotated refresh tokens go. */
   readonly tokenStore: TokenStore;
   /** Token refresh hook (metrics, logs). */
@@ -161,6 +183,7 @@ export class AccountRuntime {
   /** What the relay uses. */
   readonly relayAccount: RelayAccount;
   #inflight = 0;
+  readonly #permits?: ConnectionPermits;
   #retired = false;
   /** Replaced by a reload, still usable until {@link retire}'s grace period ends. */
   #retiring = false;
@@ -188,10 +211,12 @@ export class AccountRuntime {
       (o) => deps.onRefresh(config.email, o),
       (o) => logSave(config.email, o),
       grant,
+      deps,
     );
     // A corrupt token file shows (readiness, status) before a message needs the account.
     void this.tokens.inspect();
     const tokens = this.tokens;
+    this.#permits = deps.permits;
     this.pool = createTransport(
       config.transport,
       upstreamTarget(relayConfig, config),
@@ -292,7 +317,9 @@ export class AccountRuntime {
 
   /** The operator's view, with the quota use from `quotas`. */
   async status(quotas: Quotas): Promise<AccountStatus> {
-    const usage = await quotas.usage(this.config.email);
+    // Shared state (Redis) may be down: the rest of the view is still worth showing.
+    const usage = await quotas.usage(this.config.email).catch(() => undefined);
+    const fleet = await this.#permits?.holders?.(this.config.email).catch(() => undefined);
     const unsaved = this.tokens.unsaved;
     const action = this.#appOnly
       ? appOnlyAction(this.config.email, this.tokens.state)
@@ -318,8 +345,18 @@ export class AccountRuntime {
         }
         : {}),
       ...(action ? { action } : {}),
-      connections: { open: this.pool.openConnections, max: this.config.maxConnections },
-      quota: { ...usage, limits: this.config.quota },
+      connections: {
+        open: this.pool.openConnections,
+        max: this.config.maxConnections,
+        ...(fleet ? { fleet } : {}),
+      },
+      quota: usage ? { ...usage, limits: this.config.quota } : {
+        messagesToday: 0,
+        recipientsToday: 0,
+        lastMinute: 0,
+        limits: this.config.quota,
+        unavailable: true,
+      },
     };
   }
 }

@@ -15,7 +15,9 @@ import { FileTokenStore } from "./tokens/store.ts";
 import { FileStateStore } from "./state/store.ts";
 import { StateSaver } from "./state/saver.ts";
 import { isQuotaSnapshot, type QuotaSnapshot } from "./quota/quota.ts";
-import { LocalQuotas } from "./quota/quotas.ts";
+import { LocalQuotas, type Quotas } from "./quota/quotas.ts";
+import { openSharedState, type SharedState } from "./state/redis/mod.ts";
+import type { AuthFailureLedger } from "./ingress/auth_ledger.ts";
 import { AccountRegistry } from "./registry.ts";
 import { planReload } from "./reload.ts";
 import { readiness } from "./readiness.ts";
@@ -78,24 +80,26 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   await librariesChecked;
   /** The config in force (restart-only settings as started). */
   let config = initial;
-  await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   checkSourceAddresses(config);
-  const quotas = new LocalQuotas(
-    new FileStateStore<QuotaSnapshot>(config.stateDir, "quota", isQuotaSnapshot),
-  );
   let registry: AccountRegistry | undefined;
   const metrics = new Metrics(() => registry?.tokenStates() ?? [], {
     perAccount: config.metrics.perAccount,
   });
+  // One cap per address, as configured now, for every runtime of it (see AccountDeps).
+  // Accounts and mailboxes of domain entries alike (the registry knows both).
+  const capOf = (account: string) => registry?.maxConnections(account) ?? 1;
+  // Another instance waits for one of an account's connections: idle ones here go.
+  const onWanted = (account: string) =>
+    registry?.runtimes.find((r) => r.config.email.toLowerCase() === account)?.pool.quitIdle();
+  const backend = await stateBackend(config, capOf, metrics, onWanted);
+  const quotas = backend.quotas;
   const deps: AccountDeps = {
-    tokenStore: new FileTokenStore(config.stateDir),
+    ...backend.deps,
     onRefresh: (account, outcome) => {
       metrics.tokenRefreshed(outcome);
       logRefresh(account, outcome);
     },
     upstream: metrics,
-    // One cap per address, as configured now, for every runtime of it (see AccountDeps).
-    permits: new LocalPermits((account) => registry?.maxConnections(account) ?? 1),
   };
   const accounts = registry = new AccountRegistry(deps, quotas);
   accounts.apply(config);
@@ -107,13 +111,13 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     resolve: (address) => accounts.resolve(address),
   });
   const ingress = await startIngress({
-    ...await ingressOptions(config, relay, metrics),
+    ...await ingressOptions(config, relay, metrics, backend.shared?.authFailures),
     // Lock log lines name configured accounts only (clients put passwords in the username).
     accountName: (u) =>
       config.accounts.find((a) => a.email.toLowerCase() === u)?.email ??
         accounts.resolve(u)?.email,
   });
-  const saver = new StateSaver(quotas, QUOTA_FLUSH_MS);
+  const saver = backend.saver;
 
   let listening = true;
   const http = await startHttp({
@@ -122,7 +126,8 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     registry: metrics.registry,
     accounts: () => accounts.status(),
     adminToken: adminToken(),
-    readiness: () => Promise.resolve(readiness(listening, accounts.tokenStates())),
+    readiness: () =>
+      Promise.resolve(readiness(listening, accounts.tokenStates(), backend.shared?.redis)),
   });
   log.info("SMTP on {smtp}, metrics on {http}, {accounts} accounts", {
     smtp: ingress.addresses.map((a) => `${a.host}:${a.port}`).join(", "),
@@ -161,7 +166,8 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     // Rotated refresh tokens that could not be written get one more try; one that still
     // fails is lost with the process: say so, and what to do.
     logUnsavedAtStop(await accounts.saveTokens());
-    await saver.stop();
+    await saver?.stop();
+    await backend.shared?.close();
     await http.close();
     metrics.stop();
   };
@@ -193,10 +199,58 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   };
 }
 
+/** The state backend the config chose: files (one instance) or Redis (shared). */
+interface StateBackend {
+  readonly quotas: Quotas;
+  /** The account deps that hold state. */
+  readonly deps: Pick<AccountDeps, "tokenStore" | "permits" | "accessTokens" | "refreshLease">;
+  /** Files: the quota counters' periodic writer. */
+  readonly saver?: StateSaver;
+  /** Redis: the connection and its seams. */
+  readonly shared?: SharedState;
+}
+
+async function stateBackend(
+  config: RelayConfig,
+  capOf: (account: string) => number,
+  metrics: Metrics,
+  onWanted: (account: string) => void,
+): Promise<StateBackend> {
+  const redis = config.state.redis;
+  if (redis) {
+    const shared = await openSharedState(redis, capOf, metrics.registry, onWanted);
+    log.info("shared state on Redis at {host} (keys under {prefix}), instance {instance}", {
+      host: shared.redis.host,
+      prefix: redis.keyPrefix,
+      instance: shared.instance,
+    });
+    return {
+      quotas: shared.quotas,
+      deps: {
+        tokenStore: shared.tokenStore,
+        permits: shared.permits,
+        accessTokens: shared.accessTokens,
+        refreshLease: shared.refreshLease,
+      },
+      shared,
+    };
+  }
+  await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const quotas = new LocalQuotas(
+    new FileStateStore<QuotaSnapshot>(config.stateDir, "quota", isQuotaSnapshot),
+  );
+  return {
+    quotas,
+    deps: { tokenStore: new FileTokenStore(config.stateDir), permits: new LocalPermits(capOf) },
+    saver: new StateSaver(quotas, QUOTA_FLUSH_MS),
+  };
+}
+
 async function ingressOptions(
   config: RelayConfig,
   relay: Relay,
   metrics: Metrics,
+  authFailureLedger?: AuthFailureLedger,
 ): Promise<IngressOptions> {
   const listeners: ListenerOptions[] = [{
     host: config.smtp.host,
@@ -227,6 +281,7 @@ async function ingressOptions(
       authFailureWindowMs: limits.authFailureWindowSeconds * 1000,
       idleTimeoutMs: limits.idleTimeoutSeconds * 1000,
       sessionTimeoutMs: limits.sessionTimeoutSeconds * 1000,
+      ...(authFailureLedger ? { authFailureLedger } : {}),
     },
     backend: relay,
     observer: metrics,

@@ -24,6 +24,16 @@ export interface Readiness {
      */
     readonly unsaved: number;
   };
+  /** The shared-state backend (Redis), when configured: not ready while it does not answer. */
+  readonly sharedState?: {
+    readonly backend: "redis";
+    /** `host:port` (no credentials). */
+    readonly host: string;
+    /** Redis answers in time. */
+    readonly up: boolean;
+    /** Why not (while down). */
+    readonly reason?: string;
+  };
 }
 
 /** Settings of the HTTP listener. */
@@ -61,7 +71,8 @@ export interface HttpServer {
  */
 export function isReady(r: Readiness): boolean {
   const a = r.accounts;
-  return r.listening && a.total > a.failing + a.needsReauth + a.stateCorrupt;
+  return r.listening && a.total > a.failing + a.needsReauth + a.stateCorrupt &&
+    r.sharedState?.up !== false;
 }
 
 /** 401/403 unless the request may see `/accounts`; undefined when it may. */

@@ -224,6 +224,7 @@ export class Metrics
       "quota",
       "expired",
       "shutdown",
+      "state_unavailable",
     ];
     for (const r of results) this.#messages.inc({ result: r }, 0);
     for (const k of ["messages_per_day", "recipients_per_day", "messages_per_minute"]) {

@@ -123,6 +123,18 @@ export const credentialFiles: PermissionSource = ({ config, cwd }) => ({
   ),
 });
 
+/** The shared-state Redis (`state.redis`): its host:port, and its CA file for `rediss://`. */
+export const redisServer: PermissionSource = ({ config, cwd }) => {
+  const redis = config.state.redis;
+  if (!redis) return {};
+  const u = new URL(redis.url);
+  const host = u.hostname.replace(/^\[(.*)\]$/, "$1");
+  return {
+    net: [netEntry(host, u.port ? Number(u.port) : 6379)],
+    read: redis.caFile ? [resolve(cwd, redis.caFile)] : [],
+  };
+};
+
 /** The config module itself (re-imported on SIGHUP). */
 export const configFile: PermissionSource = ({ configPath }) => ({ read: [configPath] });
 
@@ -157,6 +169,7 @@ export const SERVE_SOURCES: readonly PermissionSource[] = [
   domainHosts,
   credentialFiles,
   apiHosts,
+  redisServer,
 ];
 
 /** What `check` needs (token refreshes, SMTP logins with `--smtp`, the state directory). */
@@ -170,6 +183,7 @@ export const CHECK_SOURCES: readonly PermissionSource[] = [
   domainHosts,
   credentialFiles,
   apiHosts,
+  redisServer,
 ];
 
 /**
@@ -199,6 +213,7 @@ export const AUTHORIZE_SOURCES: readonly PermissionSource[] = [
   stateDir,
   configEnv,
   apiHosts,
+  redisServer,
 ];
 
 /** The redirect listener of `authorize` on 127.0.0.1 (`--port`; any port by default). */

@@ -23,6 +23,7 @@ const RESTART_ONLY = [
   "http",
   "limits",
   "stateDir",
+  "state",
   "shutdownTimeoutSeconds",
   "metrics",
   "tls",

@@ -17,7 +17,8 @@ import {
 } from "../tokens/authorize.ts";
 import { fingerprint } from "../tokens/manager.ts";
 import type { OAuthClient } from "../tokens/oauth.ts";
-import { FileTokenStore, replaceToken } from "../tokens/store.ts";
+import { replaceToken } from "../tokens/store.ts";
+import { openTokenStore } from "../state/redis/mod.ts";
 import { upstreamTarget } from "../accounts.ts";
 import { describeResult } from "../upstream/pool.ts";
 import { createTransport } from "../upstream/transport.ts";
@@ -58,12 +59,19 @@ export async function authorizeCommand(args: string[]): Promise<number> {
     throw new UsageError(`--account: ${values.account} is not an account in ${values.config}`);
   }
   const flow = chooseFlow(account.provider, requested);
-  const store = new FileTokenStore(config.stateDir);
-  const file = store.pathOf(account.email);
+  const opened = await openTokenStore(config).catch((err: Error) => err);
+  if (opened instanceof Error) {
+    console.error(`error: authorize ${account.email}: ${opened.message}`);
+    return 1;
+  }
+  const store = opened.store;
+  const file = store.pathOf?.(account.email) ?? account.email;
   let result: AuthorizeResult;
   try {
     // Fail before the user signs in if the token could not be stored afterwards.
-    await Deno.mkdir(join(config.stateDir, "tokens"), { recursive: true, mode: 0o700 });
+    if (!config.state.redis) {
+      await Deno.mkdir(join(config.stateDir, "tokens"), { recursive: true, mode: 0o700 });
+    }
     await store.load(account.email);
     result = flow === "device" ? await viaDeviceCode(account) : await viaPkce(account, port);
     // A token for another mailbox (the browser was signed in as someone else) must not
@@ -259,7 +267,7 @@ function report(
 ): void {
   const how = flow === "device" ? "device code" : "authorization code + PKCE";
   console.log(`Authorized ${account.email} (${account.provider.kind}, ${how}).`);
-  console.log(`Refresh token stored in ${file} (mode 0600).`);
+  console.log(`Refresh token stored in ${file}${file.startsWith("redis ") ? "" : " (mode 0600)"}.`);
   if (account.refreshToken === undefined) {
     console.log(
       `accounts.ts: leave refreshToken out for ${account.email}; the relay uses the stored token.`,

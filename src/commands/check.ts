@@ -8,7 +8,8 @@ import { parseArgs } from "node:util";
 import { accountTokens, upstreamTarget } from "../accounts.ts";
 import type { AccountConfig, RelayConfig } from "../config/load.ts";
 import { TokenError } from "../tokens/oauth.ts";
-import { FileTokenStore, type RefreshTokenStore } from "../tokens/store.ts";
+import type { RefreshTokenStore } from "../tokens/store.ts";
+import { openTokenStore } from "../state/redis/mod.ts";
 import { describeResult } from "../upstream/pool.ts";
 import { createTransport } from "../upstream/transport.ts";
 import { LocalPermits } from "../upstream/permits.ts";
@@ -113,7 +114,12 @@ export async function checkCommand(args: string[]): Promise<number> {
   }
   const config = await loadConfigOrReport(values.config);
   if (!config) return EXIT_USAGE;
-  const store = new FileTokenStore(config.stateDir);
+  const opened = await openTokenStore(config).catch((err: Error) => err);
+  if (opened instanceof Error) {
+    console.error(`error: check: ${opened.message}`);
+    return 1;
+  }
+  const store = opened.store;
   const jobs = checkJobs(config, values.mailbox, store, values.smtp);
   const results: AccountCheck[] = new Array(jobs.length);
   const progress = progressLine(jobs.length);

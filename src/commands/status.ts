@@ -65,12 +65,15 @@ export function statusTable(accounts: readonly AccountStatus[]): string {
         a.account,
         a.provider,
         a.tokenUnsaved ? `${a.token}, unsaved` : a.token,
-        `${a.connections.open}/${a.connections.max}`,
-        limit(a.quota.messagesToday, a.quota.limits.messagesPerDay),
-        limit(a.quota.recipientsToday, a.quota.limits.recipientsPerDay),
-        limit(a.quota.lastMinute, a.quota.limits.messagesPerMinute),
+        connectionsCell(a.connections),
+        ...(a.quota.unavailable ? ["?", "?", "?"] : [
+          limit(a.quota.messagesToday, a.quota.limits.messagesPerDay),
+          limit(a.quota.recipientsToday, a.quota.limits.recipientsPerDay),
+          limit(a.quota.lastMinute, a.quota.limits.messagesPerMinute),
+        ]),
       ],
       notes: [
+        ...fleetNotes(a),
         ...(a.lastError ? [`last error: ${a.lastError}`] : []),
         ...(a.tokenUnsaved ? [unsavedNote(a.tokenUnsaved)] : []),
         ...(a.action ? [`to do: ${a.action}`] : []),
@@ -85,4 +88,23 @@ function unsavedNote(u: NonNullable<AccountStatus["tokenUnsaved"]>): string {
   return `refresh token NOT SAVED to ${u.path ?? "the state directory"} (${u.error}: ` +
     `${u.message}) since ${u.since}, ${u.attempts} attempts${next}; a restart now loses it: ` +
     "make the directory writable (or free space)";
+}
+
+/** `open/max` here; with shared state, also every instance's total: `1/3 (all 3)`. */
+function connectionsCell(c: AccountStatus["connections"]): string {
+  const here = `${c.open}/${c.max}`;
+  if (!c.fleet) return here;
+  const all = Object.values(c.fleet).reduce((sum, n) => sum + n, 0);
+  return `${here} (all ${all})`;
+}
+
+/** With shared state: which instance holds how many connections; quota counts unknown. */
+function fleetNotes(a: AccountStatus): string[] {
+  const notes: string[] = [];
+  const fleet = Object.entries(a.connections.fleet ?? {});
+  if (fleet.length > 0) {
+    notes.push(`connections by instance: ${fleet.map(([i, n]) => `${i} ${n}`).join(", ")}`);
+  }
+  if (a.quota.unavailable) notes.push("quota use unknown: the shared state (Redis) is unavailable");
+  return notes;
 }

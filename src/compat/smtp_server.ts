@@ -10,7 +10,9 @@
 import { SMTPServer, type SMTPServerSession } from "smtp-server";
 import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
 import pkg from "smtp-server/package.json" with { type: "json" };
-import type { Socket } from "node:net";
+import { isIP, type Socket } from "node:net";
+import { randomBytes } from "node:crypto";
+import { Command, IPv4ProxyAddress, IPv6ProxyAddress, V2ProxyProtocol } from "proxy-protocol-js";
 
 /** The loaded version, named in the self-check's errors. */
 export const SMTP_SERVER_VERSION: string = pkg.version;
@@ -326,4 +328,138 @@ export function attach<T>(session: SMTPServerSession, state: T): void {
 /** The state {@link attach}ed to a session, if any. */
 export function attached<T>(session: SMTPServerSession): T | undefined {
   return (session as unknown as Record<symbol, T | undefined>)[SLOT];
+}
+
+/** The internals {@link acceptProxyV2} wraps: smtp-server's PROXY v1 reader. */
+interface ProxyInternals {
+  _handleProxy: (socket: Socket, callback: ProxyCallback) => void;
+  _expectsProxyHeader: (socket: Socket) => boolean;
+}
+
+type ProxyCallback = (err: Error | null, options?: Record<string, unknown>) => void;
+
+/** The 12-byte signature a PROXY protocol v2 header starts with. */
+const V2_SIGNATURE = Uint8Array.of(
+  0x0d,
+  0x0a,
+  0x0d,
+  0x0a,
+  0x00,
+  0x0d,
+  0x0a,
+  0x51,
+  0x55,
+  0x49,
+  0x54,
+  0x0a,
+);
+/** A v2 header longer than this is refused (addresses plus a few TLVs fit easily). */
+const MAX_V2_HEADER = 536;
+/** How long a listed proxy may take to send its header, ms. */
+const PROXY_HEADER_TIMEOUT_MS = 10_000;
+
+/**
+ * Lets `server` read PROXY protocol v2 headers (HAProxy's `send-proxy-v2`) besides the v1
+ * lines smtp-server reads itself, from the proxies its `useProxy` lists only. Wraps the
+ * library's `_handleProxy`: a connection from a listed proxy whose first bytes are the v2
+ * signature gets its header parsed here (proxy-protocol-js) and the client's address
+ * handed to `connect()` as smtp-server's own v1 reader would; anything else goes to that
+ * reader untouched. Throws at start if the library no longer has the hook.
+ */
+export function acceptProxyV2(server: SMTPServer): void {
+  const s = server as unknown as ProxyInternals;
+  if (typeof s._handleProxy !== "function" || typeof s._expectsProxyHeader !== "function") {
+    throw new Error(
+      `smtp-server ${SMTP_SERVER_VERSION}: SMTPServer._handleProxy() is missing (PROXY v2 ` +
+        `relies on it; pin smtp-server or update src/compat/smtp_server.ts)`,
+    );
+  }
+  const v1 = s._handleProxy.bind(server);
+  s._handleProxy = (socket, callback) => {
+    if (!s._expectsProxyHeader.call(server, socket)) return v1(socket, callback);
+    readProxyV2(socket, callback, () => v1(socket, callback));
+  };
+}
+
+/** Reads a v2 header, or hands the socket (bytes put back) to `other` when it is not one. */
+function readProxyV2(socket: Socket, callback: ProxyCallback, other: () => void): void {
+  let buffered = new Uint8Array(0);
+  let finished = false;
+  const timer = setTimeout(
+    () => fail(new Error("no PROXY header in time")),
+    PROXY_HEADER_TIMEOUT_MS,
+  );
+  const cleanup = () => {
+    clearTimeout(timer);
+    socket.removeListener("readable", onReadable);
+    socket.removeListener("error", fail);
+    socket.removeListener("close", onClose);
+  };
+  function fail(err: Error): void {
+    if (finished) return;
+    finished = true;
+    cleanup();
+    socket.on("error", () => {}); // a late error must not surface uncaught
+    socket.destroy();
+    callback(err);
+  }
+  const onClose = () => fail(new Error("socket closed before the PROXY header"));
+  function onReadable(): void {
+    let chunk: Uint8Array | null;
+    while ((chunk = socket.read() as Uint8Array | null) !== null) {
+      const next = new Uint8Array(buffered.length + chunk.length);
+      next.set(buffered);
+      next.set(chunk, buffered.length);
+      buffered = next;
+    }
+    const n = Math.min(buffered.length, V2_SIGNATURE.length);
+    for (let i = 0; i < n; i++) {
+      if (buffered[i] !== V2_SIGNATURE[i]) {
+        // Not v2: smtp-server's v1 reader gets the bytes back.
+        finished = true;
+        cleanup();
+        socket.unshift(buffered);
+        return other();
+      }
+    }
+    if (buffered.length < 16) return;
+    const length = 16 + ((buffered[14] << 8) | buffered[15]);
+    if (length > MAX_V2_HEADER) return fail(new Error("PROXY v2 header too long"));
+    if (buffered.length < length) return;
+    finished = true;
+    cleanup();
+    const rest = buffered.subarray(length);
+    if (rest.length > 0) socket.unshift(rest);
+    let options: Record<string, unknown>;
+    try {
+      options = proxyV2Options(buffered.subarray(0, length));
+    } catch (err) {
+      finished = false;
+      return fail(err instanceof Error ? err : new Error(String(err)));
+    }
+    callback(null, options);
+  }
+  socket.on("readable", onReadable);
+  socket.on("error", fail);
+  socket.on("close", onClose);
+}
+
+/** smtp-server's socket options for a parsed v2 header (LOCAL: the proxy's own address). */
+function proxyV2Options(header: Uint8Array): Record<string, unknown> {
+  const id = BigInt("0x" + randomBytes(10).toString("hex")).toString(32).padStart(16, "0");
+  const p = V2ProxyProtocol.parse(header);
+  if (p.command === Command.LOCAL) return { id };
+  const a = p.proxyAddress;
+  let address: string;
+  if (a instanceof IPv4ProxyAddress) address = a.sourceAddress.address.join(".");
+  else if (a instanceof IPv6ProxyAddress) {
+    const b = a.sourceAddress.address;
+    const groups: string[] = [];
+    for (let i = 0; i < 16; i += 2) groups.push(((b[i] << 8) | b[i + 1]).toString(16));
+    address = groups.join(":");
+  } else {
+    return { id }; // UNIX or UNSPEC: the proxy's own connection stands
+  }
+  if (!isIP(address)) throw new Error("invalid PROXY v2 source address");
+  return { id, remoteAddress: address, remotePort: a.sourcePort };
 }

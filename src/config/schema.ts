@@ -61,6 +61,16 @@ const secret = z.union([
 });
 
 /** A non-empty string; `expected` is the whole message for both wrong type and empty. */
+/** A redis:// or rediss:// URL with a host (never quoted in errors: it may hold a password). */
+function isRedisUrl(value: string): boolean {
+  try {
+    const u = new URL(value);
+    return (u.protocol === "redis:" || u.protocol === "rediss:") && u.hostname !== "";
+  } catch {
+    return false;
+  }
+}
+
 function text(expected: string) {
   return z.string({ error: expected }).min(1, expected);
 }
@@ -545,6 +555,28 @@ export const configSchema = z.object({
   deliveryTimeoutSeconds: positiveInt.default(DEFAULTS.deliveryTimeoutSeconds),
   /** Where rotated refresh tokens (`tokens/`) and quota counters (`quota/`) are kept. */
   stateDir: text("expected a directory path").default(DEFAULTS.stateDir),
+  /**
+   * Where shared state lives: files in `stateDir` (the default, one instance), or Redis
+   * (`redis`), shared by every instance on the same accounts. See `docs/redis.md`.
+   */
+  state: z.object({
+    redis: z.object({
+      /** `redis://[user:password@]host:port[/db]` or `rediss://…`: use env("RELAY_REDIS_URL"). */
+      url: secret.pipe(
+        z.string().refine(isRedisUrl, "expected a redis:// or rediss:// URL with a host"),
+      ),
+      /** Prefix of every key the relay writes. */
+      keyPrefix: z.string("expected a string").max(100, "expected at most 100 characters")
+        .default("relay:"),
+      /** Deadline of every Redis call, ms. */
+      timeoutMs: positiveInt.default(1_000),
+      /** Length of a connection-permit lease, seconds (renewed every third of it). */
+      permitLeaseSeconds: z.int("expected an integer").min(3, "expected seconds >= 3")
+        .default(15),
+      /** PEM CA bundle for `rediss://` (default: the system's roots). */
+      caFile: text("expected a file path").optional(),
+    }).strict().optional(),
+  }).strict().prefault({}),
   /** Token handling. */
   tokens: z.object({
     refreshMarginSeconds: z.int("expected an integer").min(0, "expected seconds >= 0")

@@ -5,6 +5,7 @@
  * @module
  */
 import { DEFAULTS } from "../config/defaults.ts";
+import type { AuthFailureLedger } from "./auth_ledger.ts";
 
 /** Limit settings; the defaults live in config/defaults.ts. */
 export interface LimitOptions {
@@ -40,6 +41,11 @@ export interface LimitOptions {
   readonly idleShedPercent?: number;
   /** See {@link idleShedPercent}, seconds. Default {@link DEFAULTS.idleShedSeconds}. */
   readonly idleShedSeconds?: number;
+  /**
+   * Failed AUTHs shared with other relay instances (Redis): counted there too, and what
+   * the others saw (per-IP failures, account locks) applies here. Default: none.
+   */
+  readonly authFailureLedger?: AuthFailureLedger;
 }
 
 /** Counts open sessions overall and per address. */
@@ -124,7 +130,51 @@ export class AuthThrottle {
 
   /** True when `ip` failed too often recently: its sessions are to be closed. */
   blocked(ip: string): boolean {
-    return this.#recent(this.#byIp, ip, Date.now()) >= this.#o.authFailuresBeforeDisconnect;
+    const now = Date.now();
+    return this.#recent(this.#byIp, ip, now) >= this.#o.authFailuresBeforeDisconnect ||
+      this.#fleetBlocked(ip, now);
+  }
+
+  /** Failures from other instances (through the ledger), as last seen: count and when. */
+  readonly #fleetIp = new Map<string, { count: number; at: number }>();
+
+  /** The fleet's count for `ip`, kept one window after it was seen (a conservative bound). */
+  #fleetBlocked(ip: string, now: number): boolean {
+    const seen = this.#fleetIp.get(ip);
+    if (!seen) return false;
+    if (seen.at <= now - this.#o.authFailureWindowMs) {
+      this.#fleetIp.delete(ip);
+      return false;
+    }
+    return seen.count >= this.#o.authFailuresBeforeDisconnect;
+  }
+
+  /** An account lock another instance set (through the ledger), before a password check. */
+  async #fleetLocked(account: string): Promise<boolean> {
+    const ledger = this.#o.authFailureLedger;
+    if (!ledger) return false;
+    const ms = await ledger.lockedForMs(account).catch(() => 0); // unreachable: count alone
+    if (ms <= 0) return false;
+    const r = this.#account(account);
+    r.lockedUntil = Math.max(r.lockedUntil, Date.now() + ms);
+    return true;
+  }
+
+  /** Counts a failure in the ledger and takes over what the fleet saw. */
+  #share(ip: string, account: string, exempt: boolean): void {
+    const ledger = this.#o.authFailureLedger;
+    if (!ledger || exempt) return;
+    ledger.record(ip, account, exempt, this.#o.authFailureWindowMs, this.#lockAfter).then(
+      (view) => {
+        const now = Date.now();
+        this.#fleetIp.set(ip, { count: view.ipFailures, at: now });
+        if (view.lockedForMs > 0) {
+          const r = this.#account(account);
+          r.lockedUntil = Math.max(r.lockedUntil, now + view.lockedForMs);
+        }
+      },
+      () => {}, // unreachable: this instance counts alone meanwhile
+    );
   }
 
   /**
@@ -135,6 +185,7 @@ export class AuthThrottle {
    * "check", call {@link checked} exactly once.
    */
   async begin(account: string): Promise<"check" | "locked"> {
+    if (await this.#fleetLocked(account)) return "locked";
     while (true) {
       const r = this.#account(account);
       const now = Date.now();
@@ -188,8 +239,12 @@ export class AuthThrottle {
         locked = true;
       }
     }
+    this.#share(ip, account, exempt);
     // Keep memory bounded under a flood of distinct keys.
-    if (this.#byIp.size + this.#byAccount.size > 100_000) this.#sweep(now);
+    if (this.#byIp.size + this.#byAccount.size + this.#fleetIp.size > 100_000) {
+      this.#sweep(now);
+      for (const ip of [...this.#fleetIp.keys()]) this.#fleetBlocked(ip, now);
+    }
     const excess = worst - this.#o.authFailuresBeforeTarpit;
     const delayMs = excess > 0 ? Math.min(MAX_TARPIT_MS, excess * this.#o.tarpitStepMs) : 0;
     return { delayMs, locked, strikes };

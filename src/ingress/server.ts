@@ -21,6 +21,7 @@ import { DEFAULTS } from "../config/defaults.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
 import { BodyIncomplete, MessageBody } from "../smtp/body.ts";
 import {
+  acceptProxyV2,
   attach,
   attached,
   beforeData,
@@ -677,6 +678,8 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
     };
     const fast = (address: string) => isLoopback(address) || trusted.has(address);
     const server = new Listener(options, fast, prepare);
+    // PROXY v2 (HAProxy send-proxy-v2) besides smtp-server's own v1, from listed proxies.
+    if (l.proxyFrom.length > 0) acceptProxyV2(server);
     // A failed TLS handshake or a reset socket must not take the process down.
     server.on("error", (err) => o.onError?.(err));
     servers.push(server);

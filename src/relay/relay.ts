@@ -17,6 +17,7 @@ import {
 import { nonDeliveryReport } from "./dsn.ts";
 import { clip } from "../text.ts";
 import { TokenError } from "../tokens/oauth.ts";
+import { RedisUnavailableError } from "../state/redis/client.ts";
 import { PasswordVerifier, verifyNobody } from "./password.ts";
 import type { QuotaKind, QuotaLimits } from "../quota/quota.ts";
 import { isReservation, type Quotas } from "../quota/quotas.ts";
@@ -34,7 +35,8 @@ export type MessageResult =
   | "token_error"
   | "unreachable"
   | "expired"
-  | "shutdown";
+  | "shutdown"
+  | "state_unavailable";
 
 /** The parts of an account the relay uses. */
 export interface RelayAccount {
@@ -436,7 +438,12 @@ export class Relay implements Backend {
     tx: Transaction,
     signal: AbortSignal,
   ): Promise<Outcome> {
-    const reserved = await this.#quotas.reserve(account.email, account.quota, tx.to.length);
+    let reserved;
+    try {
+      reserved = await this.#quotas.reserve(account.email, account.quota, tx.to.length);
+    } catch (err) {
+      return stateUnavailable(err);
+    }
     if (!isReservation(reserved)) {
       this.#observer?.quotaDeferred(reserved.kind);
       return {
@@ -588,7 +595,23 @@ function quotaText(account: string, q: { kind: QuotaKind; limit: number; retryAt
   return `Quota of ${q.limit} ${QUOTA_NAMES[q.kind]} for ${account} reached, retry after ${at}`;
 }
 
+/**
+ * The shared state (Redis) did not answer in time: nothing was sent, the client retries.
+ * Quota failures (thrown by {@link Quotas.reserve}) and token-cache or lease failures.
+ */
+function stateUnavailable(err: unknown): Outcome {
+  log.warn("shared state unavailable: {error}", {
+    error: err instanceof Error ? err.message : String(err),
+  });
+  return {
+    result: "state_unavailable",
+    reply: reply(451, "4.3.0", "Shared state unavailable, try again later"),
+    refusedRecipients: [],
+  };
+}
+
 function tokenFailure(err: unknown): Outcome {
+  if (err instanceof RedisUnavailableError) return stateUnavailable(err);
   const message = err instanceof Error ? err.message : String(err);
   // The account's token file is unreadable (tokens/manager.ts CorruptTokenFileError):
   // the operator's to repair. Nothing of the file, not even its path, goes to the client.

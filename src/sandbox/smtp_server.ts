@@ -120,6 +120,10 @@ export interface SmtpStats {
   dataStarted: number;
   /** Message bytes received as they arrive (dot-unstuffed), completed messages or not. */
   dataBytes: number;
+  /** TCP connections open now. */
+  open: number;
+  /** Most TCP connections open at once so far. */
+  peakOpen: number;
 }
 
 /** Options of {@link SandboxSmtpServer.start}. */
@@ -181,6 +185,8 @@ export class SandboxSmtpServer {
     quits: 0,
     dataStarted: 0,
     dataBytes: 0,
+    open: 0,
+    peakOpen: 0,
   };
 
   readonly #server: HookedServer;
@@ -216,6 +222,8 @@ export class SandboxSmtpServer {
       closeTimeout: 1000,
       onConnect: (_session, callback) => {
         this.stats.connections++;
+        this.stats.open++;
+        this.stats.peakOpen = Math.max(this.stats.peakOpen, this.stats.open);
         callback();
       },
       onAuth: (auth, session, callback) => this.#onAuth(auth, session, callback),
@@ -228,6 +236,7 @@ export class SandboxSmtpServer {
       onRcptTo: (address, _session, callback) => this.#onRcptTo(address, callback),
       onData: (stream, session, callback) => this.#onData(stream, session, callback),
       onClose: (session) => {
+        this.stats.open--;
         this.#sessions.delete(session.id);
       },
     });

@@ -27,6 +27,11 @@ export interface ConnectionPermits {
    * `signal` aborts first, rejects with its reason and forgets the wait: nothing is held.
    */
   acquire(account: string, signal?: AbortSignal): Promise<Permit>;
+  /**
+   * A shared backend: every instance's permits of `account` now (instance id → count),
+   * for the operator's view of the fleet.
+   */
+  holders?(account: string): Promise<Record<string, number>>;
 }
 
 /** A signal that never aborts, for permits nobody can take away. */
