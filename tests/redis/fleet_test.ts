@@ -292,7 +292,7 @@ Deno.test("fleet: cap 1, an idle pooled connection on one relay does not starve 
   }, { accountExtra: "maxConnections: 1," });
 });
 
-Deno.test("fleet: a relay without --allow-net for the Redis address does not start, naming the flag", async () => {
+Deno.test("fleet: the start task allows the Redis address; a relay run by hand without it does not start, naming the flag", async () => {
   const sandbox = await startSandbox();
   const [account] = makeAccounts(1);
   sandbox.addAccount(account);
@@ -306,10 +306,39 @@ Deno.test("fleet: a relay without --allow-net for the Redis address does not sta
       sandboxToken: Number(new URL(sandbox.tokenUrl).port),
       sandboxSmtp: sandbox.smtpPort,
     };
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [...await startTaskArgs(ports), "--log-format", "json"],
+    const env = { RELAY_REDIS_URL: `redis://127.0.0.2:${port}` };
+    const taskArgs = await startTaskArgs(ports);
+    const launcher = taskArgs.find((w) => w.endsWith("src/launch.ts"))!;
+    const printed = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-run", launcher, "permissions", "--format", "json"],
       cwd: dir,
-      env: { RELAY_REDIS_URL: `redis://127.0.0.2:${port}` },
+      env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(printed.code, 0, new TextDecoder().decode(printed.stderr));
+    const set = JSON.parse(new TextDecoder().decode(printed.stdout));
+    assert.ok(set.net.includes(`127.0.0.2:${port}`), set.net.join(","));
+    const main = launcher.replace(/launch\.ts$/, "main.ts");
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--no-prompt",
+        `--allow-net=127.0.0.1,localhost`,
+        `--allow-read=${dir}`,
+        `--allow-write=${dir}`,
+        "--allow-env=RELAY_*",
+        main,
+        "--port",
+        String(ports.smtp),
+        "--metrics-port",
+        String(ports.metrics),
+        "--log-format",
+        "json",
+      ],
+      cwd: dir,
+      env,
       stdin: "null",
       stdout: "null",
       stderr: "piped",
