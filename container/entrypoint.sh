@@ -9,17 +9,16 @@
 #   0.0.0.0:2525 SMTP, 0.0.0.0:9090 metrics/health (http.host "0.0.0.0" in the config;
 #                                 127.0.0.1 is enough for the healthcheck)
 #
-# RELAY_ALLOW_NET_EXTRA (optional): more host:port entries, comma-separated, for custom
-# providers or other listeners (e.g. "idp.example.com:443,mail.example.com:465").
+# The flags are not listed here: they are derived from the config, as `deno task start`
+# does (src/launch.ts, src/permissions.ts): a first run may read the config alone (and
+# RELAY_* variables) and prints the exact permission set its command needs; if the config
+# names key or certificate files, a second run may read those too. The relay then runs
+# with exactly that set, as PID 1 (signals reach it directly). A reload that needs a new
+# host or file needs a container restart.
 set -eu
 
-NET="0.0.0.0:2525,0.0.0.0:9090,127.0.0.1:9090"
-# The presets' token endpoints and SMTP servers.
-NET="$NET,oauth2.googleapis.com:443,smtp.gmail.com:587"
-NET="$NET,login.microsoftonline.com:443,smtp.office365.com:587,smtp-mail.outlook.com:587"
-# The sandbox provider on the container's own loopback (its default ports), as `deno task start`.
-NET="$NET,127.0.0.1:2580,localhost:2587"
-if [ -n "${RELAY_ALLOW_NET_EXTRA:-}" ]; then NET="$NET,$RELAY_ALLOW_NET_EXTRA"; fi
+DENO="/usr/local/bin/deno"
+RUN="run --frozen --cached-only --config /app/deno.json"
 
 # `serve` is the only command that listens; the others (check, status, authorize,
 # hash-password) run under the same flags: `podman run --rm ... IMAGE check`.
@@ -38,10 +37,42 @@ if { [ "$1" = serve ] || [ "$1" = check ] || [ "$1" = authorize ]; } && [ "$has_
 fi
 if [ "$1" = "serve" ] && [ "$has_host" = no ]; then set -- "$@" --host 0.0.0.0; fi
 
-exec /usr/local/bin/deno run --frozen --cached-only --no-prompt \
-  --config /app/deno.json \
-  --allow-net="$NET" \
-  --allow-read=/etc/smtp-relay,/var/lib/smtp-relay \
-  --allow-write=/var/lib/smtp-relay \
-  --allow-env='RELAY_*' \
-  /app/src/main.ts "$@"
+# hash-password and help need no permission at all.
+case "$1" in
+  serve | check | authorize | status) ;;
+  *) exec $DENO $RUN --no-prompt /app/src/main.ts "$@" ;;
+esac
+
+config=/etc/smtp-relay/accounts.ts
+prev=""
+for arg in "$@"; do
+  if [ "$prev" = "--config" ]; then config=$arg; fi
+  case "$arg" in --config=*) config=${arg#--config=} ;; esac
+  prev=$arg
+done
+
+cmd=$1
+shift
+read_list=$config
+for attempt in 1 2; do
+  # shellcheck disable=SC2086
+  out=$($DENO $RUN --no-prompt --allow-read="$read_list" --allow-env='RELAY_*' /app/src/main.ts \
+    permissions --strict --probe --command "$cmd" "$@") || exit $?
+  case "$out" in
+    '{"needRead":'*)
+      files=$(printf '%s' "$out" | sed -e 's/^{"needRead":\[//' -e 's/\]}$//' -e 's/"//g')
+      read_list="$config,$files"
+      ;;
+    *) break ;;
+  esac
+done
+case "$out" in
+  '{"needRead":'*)
+    echo "$config: the files it names changed while it was loaded twice" >&2
+    exit 2
+    ;;
+esac
+
+# $out is the flag list (no spaces inside a flag: paths with spaces are not supported).
+# shellcheck disable=SC2086
+exec $DENO $RUN $out /app/src/main.ts "$cmd" "$@"

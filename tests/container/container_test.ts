@@ -238,9 +238,19 @@ Deno.test("container image: built from Debian packages, relays through a publish
       assert.equal(argv[0], "/usr/local/bin/deno");
       assert.ok(!argv.some((a) => a === "-A" || a === "--allow-all"), argv.join(" "));
       const net = argv.find((a) => a.startsWith("--allow-net="))!.split("=")[1].split(",");
-      assert.ok(net.includes("0.0.0.0:2525") && net.includes("smtp.gmail.com:587"), net.join());
+      // Derived from the config (a sandbox account): its listeners and the sandbox, no preset.
+      assert.ok(net.includes("0.0.0.0:2525") && net.includes("0.0.0.0:9090"), net.join());
+      assert.ok(!net.includes("smtp.gmail.com:587"), net.join());
+      assert.ok(
+        argv.includes(
+          "--allow-read=/etc/smtp-relay/accounts.ts,/etc/smtp-relay/tls/cert.pem," +
+            "/etc/smtp-relay/tls/key.pem,/var/lib/smtp-relay",
+        ),
+        argv.join(" "),
+      );
       assert.ok(argv.includes("--allow-write=/var/lib/smtp-relay"), argv.join(" "));
-      assert.ok(argv.includes("--allow-env=RELAY_*"), argv.join(" "));
+      // Exactly the variables it needs: the admin token (the config reads none here).
+      assert.ok(argv.includes("--allow-env=RELAY_ADMIN_TOKEN"), argv.join(" "));
       assert.deepEqual(argv.slice(-8), [
         "/app/src/main.ts",
         "serve",
@@ -390,8 +400,6 @@ Deno.test("container image: built from Debian packages, relays through a publish
           "--name",
           `${relayName}2`,
           ...HARDENED,
-          "-e",
-          "RELAY_ALLOW_NET_EXTRA=mail.example.com:465",
           "-v",
           `${dir}:/etc/smtp-relay:ro`,
           "-v",
@@ -402,9 +410,10 @@ Deno.test("container image: built from Debian packages, relays through a publish
           "json",
         ]);
         await relay2.waitUntil(() => relay2!.err.includes("SMTP on"), "SMTP on", 60_000);
-        // A custom provider's hosts join --allow-net through the environment.
+        // The set follows the config: its listeners, nothing it does not name.
         const argv = (await podman(["exec", `${relayName}2`, "cat", "/proc/1/cmdline"])).stdout;
-        assert.match(argv, /\0--allow-net=0\.0\.0\.0:2525,[^\0]*,mail\.example\.com:465\0/);
+        assert.match(argv, /\0--allow-net=0\.0\.0\.0:2525,/);
+        assert.doesNotMatch(argv, /mail\.example\.com/);
         const from = accounts[0].email;
         // The balancer says the client is 198.51.100.9: not trusted, AUTH required.
         const { client: outside } = await RawSmtp.connect(smtpPort, { proxy: "198.51.100.9" });
