@@ -72,37 +72,35 @@ export async function derivePermissions(
   rest: readonly string[],
 ): Promise<PermissionSet | number> {
   if (NONE.has(command) || rest.includes("--help") || rest.includes("-h")) return NO_PERMISSIONS;
+  const out = await probe(
+    ["permissions", "--format", "json", "--strict", "--command", command, ...rest],
+    configArg(rest),
+  );
+  if (typeof out === "number") return out;
+  return JSON.parse(new TextDecoder().decode(out)) as PermissionSet;
+}
+
+/**
+ * Runs `main.ts <args> --probe` allowed to read the config alone; if the config names
+ * files it may not read yet (credential keys), once more with those readable too. A third
+ * answer asking for more is a config that changes between loads: an error. Resolves to
+ * the final stdout, or to the exit status when the run failed (it printed why).
+ */
+async function probe(args: readonly string[], config: string): Promise<Uint8Array | number> {
   let files: readonly string[] = [];
-  // The first probe reads the config alone; if it names files (credential keys), the
-  // second reads those too. A third answer asking for more is a config that changes
-  // between loads: an error.
   for (let attempt = 0; attempt < 2; attempt++) {
     const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        ...loaderFlags(configArg(rest), files),
-        MAIN,
-        "permissions",
-        "--format",
-        "json",
-        "--strict",
-        "--probe",
-        "--command",
-        command,
-        ...rest,
-      ],
+      args: ["run", ...loaderFlags(config, files), MAIN, ...args, "--probe"],
       stdin: "null",
       stdout: "piped",
       stderr: "inherit",
     }).output();
     if (!out.success) return out.code || 1;
-    const answer = JSON.parse(new TextDecoder().decode(out.stdout)) as
-      | PermissionSet
-      | { needRead: string[] };
-    if (!("needRead" in answer)) return answer;
-    files = [...files, ...answer.needRead];
+    const text = new TextDecoder().decode(out.stdout);
+    if (!text.startsWith('{"needRead":')) return out.stdout;
+    files = [...files, ...(JSON.parse(text) as { needRead: string[] }).needRead];
   }
-  console.error(`${configArg(rest)}: the files it names changed while it was loaded twice`);
+  console.error(`${config}: the files it names changed while it was loaded twice`);
   return 2;
 }
 
@@ -147,31 +145,6 @@ export function compileArgs(set: PermissionSet, output = COMPILE_OUTPUT): string
   return ["compile", ...permissionFlags(set), "--output", output, MAIN];
 }
 
-/**
- * `permissions …`: the permissions command, allowed to read the config alone, then once
- * more with the files the config names (key files) if it asked for them.
- */
-async function printPermissions(args: readonly string[], config: string): Promise<number> {
-  let files: readonly string[] = [];
-  for (let attempt = 0; attempt < 2; attempt++) {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...loaderFlags(config, files), MAIN, ...args, "--probe"],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "inherit",
-    }).output();
-    const text = new TextDecoder().decode(out.stdout);
-    if (out.success && text.startsWith('{"needRead":')) {
-      files = [...files, ...(JSON.parse(text) as { needRead: string[] }).needRead];
-      continue;
-    }
-    await Deno.stdout.write(out.stdout);
-    return out.code;
-  }
-  console.error(`${config}: the files it names changed while it was loaded twice`);
-  return 2;
-}
-
 /** Runs the launcher; resolves to the exit status. */
 export async function launch(args: readonly string[]): Promise<number> {
   const [command, rest] = commandOf(args);
@@ -179,7 +152,11 @@ export async function launch(args: readonly string[]): Promise<number> {
     if (rest.includes("--help") || rest.includes("-h")) {
       return await runForwarding(["run", MAIN, ...args]);
     }
-    return await printPermissions(args, configArg(rest));
+    // The permissions command itself, reading the config alone (then its named files).
+    const out = await probe(args, configArg(rest));
+    if (typeof out === "number") return out;
+    await Deno.stdout.write(out);
+    return 0;
   }
   if (command === "compile") {
     const print = rest.includes("--print");

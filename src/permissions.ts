@@ -98,13 +98,14 @@ export const deviceEndpoints: PermissionSource = ({ config }) => ({
   ),
 });
 
+/** `--allow-net` entry that lets a socket bind local address `ip` (any port): `<ip>:0`. */
+export function bindEntry(ip: string): string {
+  return `${isIPv6(ip) ? `[${ip}]` : ip}:0`;
+}
+
 /** Local addresses accounts send from (`sourceAddress`): binding needs `<ip>:0`. */
 export const sourceAddresses: PermissionSource = ({ config }) => ({
-  net: config.accounts.flatMap((a) =>
-    a.sourceAddress
-      ? [`${isIPv6(a.sourceAddress) ? `[${a.sourceAddress}]` : a.sourceAddress}:0`]
-      : []
-  ),
+  net: config.accounts.flatMap((a) => a.sourceAddress ? [bindEntry(a.sourceAddress)] : []),
 });
 
 /** Each domain entry's token endpoint (app-only grant) and SMTP server. */
@@ -112,7 +113,7 @@ export const domainHosts: PermissionSource = ({ config }) => ({
   net: config.domains.flatMap((d) => [
     urlEntry(d.provider.tokenUrl),
     netEntry(d.provider.smtpHost, d.provider.smtpPort),
-    ...(d.sourceAddress ? [netEntry(d.sourceAddress, 0) + ":0"] : []),
+    ...(d.sourceAddress ? [bindEntry(d.sourceAddress)] : []),
   ]),
 });
 
