@@ -26,7 +26,7 @@ import { checkSmtpServer } from "./compat/smtp_server.ts";
 import { checkNodemailer } from "./compat/nodemailer.ts";
 import { LocalPermits } from "./upstream/permits.ts";
 import { Metrics } from "./metrics.ts";
-import { startHttp } from "./http.ts";
+import { type Readiness, startHttp } from "./http.ts";
 
 /** A running relay. */
 export interface RunningRelay {
@@ -34,8 +34,12 @@ export interface RunningRelay {
   readonly smtp: { host: string; port: number };
   /** Implicit-TLS listener address, when configured. */
   readonly smtps?: { host: string; port: number };
-  /** HTTP listener address. */
+  /** HTTP listener address (port 0: none, a worker of `--workers N`). */
   readonly http: { host: string; port: number };
+  /** The shared-state instance id (Redis), if any. */
+  readonly instance?: string;
+  /** What `/readyz` reports for this relay. */
+  readiness(): Promise<Readiness>;
   /** The metrics (tests and the demo read them). */
   readonly metrics: Metrics;
   /** Re-reads the certificate files for new sessions; false when no TLS is configured. */
@@ -70,8 +74,21 @@ const REPORTS_GRACE_MS = 5_000;
 /** Once per process: the library internals the relay relies on are all there. */
 let librariesChecked: Promise<unknown> | undefined;
 
+/** How {@link startRelay} runs beside other workers (`--workers N`). */
+export interface StartOptions {
+  /** Start the HTTP listener (default true; a worker leaves it to the supervisor). */
+  readonly http?: boolean;
+  /** SO_REUSEPORT on the SMTP listeners (workers share them). */
+  readonly reusePort?: boolean;
+  /** The shared-state instance id (default: process id and a random part). */
+  readonly instance?: string;
+}
+
 /** Starts everything the config describes. */
-export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
+export async function startRelay(
+  initial: RelayConfig,
+  options: StartOptions = {},
+): Promise<RunningRelay> {
   // A library version that lacks an internal the relay relies on fails the start here,
   // naming the library and the missing piece, instead of failing messages later.
   librariesChecked ??= Promise.resolve().then(() => checkSmtpServer()).then(() =>
@@ -91,7 +108,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   // Another instance waits for one of an account's connections: idle ones here go.
   const onWanted = (account: string) =>
     registry?.runtimes.find((r) => r.config.email.toLowerCase() === account)?.pool.quitIdle();
-  const backend = await stateBackend(config, capOf, metrics, onWanted);
+  const backend = await stateBackend(config, capOf, metrics, onWanted, options.instance);
   const quotas = backend.quotas;
   const deps: AccountDeps = {
     ...backend.deps,
@@ -112,6 +129,7 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   });
   const ingress = await startIngress({
     ...await ingressOptions(config, relay, metrics, backend.shared?.authFailures),
+    reusePort: options.reusePort,
     // Lock log lines name configured accounts only (clients put passwords in the username).
     accountName: (u) =>
       config.accounts.find((a) => a.email.toLowerCase() === u)?.email ??
@@ -120,20 +138,32 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
   const saver = backend.saver;
 
   let listening = true;
-  const http = await startHttp({
-    host: config.http.host,
-    port: config.http.port,
-    registry: metrics.registry,
-    accounts: () => accounts.status(),
-    adminToken: adminToken(),
-    readiness: () =>
-      Promise.resolve(readiness(listening, accounts.tokenStates(), backend.shared?.redis)),
-  });
-  log.info("SMTP on {smtp}, metrics on {http}, {accounts} accounts", {
-    smtp: ingress.addresses.map((a) => `${a.host}:${a.port}`).join(", "),
-    http: `${http.address.host}:${http.address.port}`,
-    accounts: accounts.size,
-  });
+  const ready = () =>
+    Promise.resolve(readiness(listening, accounts.tokenStates(), backend.shared?.redis));
+  const http = options.http === false
+    ? { address: { host: config.http.host, port: 0 }, close: () => Promise.resolve() }
+    : await startHttp({
+      host: config.http.host,
+      port: config.http.port,
+      registry: metrics.registry,
+      accounts: () => accounts.status(),
+      adminToken: adminToken(),
+      readiness: ready,
+    });
+  const smtpAt = ingress.addresses.map((a) => `${a.host}:${a.port}`).join(", ");
+  if (options.http === false) {
+    log.info("worker SMTP on {smtp}, instance {instance}, {accounts} accounts", {
+      smtp: smtpAt,
+      instance: backend.shared?.instance,
+      accounts: accounts.size,
+    });
+  } else {
+    log.info("SMTP on {smtp}, metrics on {http}, {accounts} accounts", {
+      smtp: smtpAt,
+      http: `${http.address.host}:${http.address.port}`,
+      accounts: accounts.size,
+    });
+  }
 
   const reloadTls = async () => {
     if (!config.tls) return false;
@@ -176,6 +206,8 @@ export async function startRelay(initial: RelayConfig): Promise<RunningRelay> {
     smtp: ingress.addresses[0],
     smtps: ingress.addresses[1],
     http: http.address,
+    instance: backend.shared?.instance,
+    readiness: ready,
     metrics,
     reloadTls,
     async reload(next) {
@@ -215,10 +247,11 @@ async function stateBackend(
   capOf: (account: string) => number,
   metrics: Metrics,
   onWanted: (account: string) => void,
+  instance?: string,
 ): Promise<StateBackend> {
   const redis = config.state.redis;
   if (redis) {
-    const shared = await openSharedState(redis, capOf, metrics.registry, onWanted);
+    const shared = await openSharedState(redis, capOf, metrics.registry, onWanted, instance);
     log.info("shared state on Redis at {host} (keys under {prefix}), instance {instance}", {
       host: shared.redis.host,
       prefix: redis.keyPrefix,
@@ -294,7 +327,7 @@ async function ingressOptions(
  * A source address must be usable before any message depends on it: Deno needs
  * `--allow-net=<address>:0` to bind it, and without it would fail on the first connection.
  */
-function checkSourceAddresses(config: RelayConfig): void {
+export function checkSourceAddresses(config: RelayConfig): void {
   const domains = config.domains.map((d) => ({
     email: `*@${d.domain}`,
     sourceAddress: d.sourceAddress,

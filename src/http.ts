@@ -34,6 +34,8 @@ export interface Readiness {
     /** Why not (while down). */
     readonly reason?: string;
   };
+  /** `--workers N`: each worker (1…N) and whether it is ready; all must be. */
+  readonly workers?: readonly { readonly worker: number; readonly ready: boolean }[];
 }
 
 /** Settings of the HTTP listener. */
@@ -42,8 +44,8 @@ export interface HttpOptions {
   readonly host: string;
   /** Port (0: any free port). */
   readonly port: number;
-  /** Registry served at `/metrics`. */
-  readonly registry: Registry;
+  /** Registry served at `/metrics` (or anything that renders like one: the workers' sum). */
+  readonly registry: Pick<Registry, "metrics" | "contentType">;
   /** Current readiness, computed per request. */
   readonly readiness: () => Promise<Readiness>;
   /** Per-account status for `/accounts`. */
@@ -72,7 +74,7 @@ export interface HttpServer {
 export function isReady(r: Readiness): boolean {
   const a = r.accounts;
   return r.listening && a.total > a.failing + a.needsReauth + a.stateCorrupt &&
-    r.sharedState?.up !== false;
+    r.sharedState?.up !== false && (r.workers ?? []).every((w) => w.ready);
 }
 
 /** 401/403 unless the request may see `/accounts`; undefined when it may. */

@@ -21,6 +21,7 @@
  */
 import { isIPv6 } from "node:net";
 import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { RelayConfig } from "./config/load.ts";
 
 /** Deno permissions as lists: `--allow-net`, `--allow-read`, `--allow-write`, `--allow-env`. */
@@ -155,6 +156,15 @@ export const configEnv: PermissionSource = ({ envRead }) => ({ env: envRead });
 
 /** The `/accounts` bearer token (`RELAY_ADMIN_TOKEN`). */
 export const adminTokenEnv: PermissionSource = () => ({ env: ["RELAY_ADMIN_TOKEN"] });
+
+/** The relay's own modules (`src/`), which a Web Worker loads itself. */
+export const RELAY_SOURCE_DIR = resolve(fileURLToPath(new URL("./", import.meta.url)));
+
+/**
+ * `serve --workers N` (N ≥ 2): each worker loads the relay's modules from `src/`, and Deno
+ * checks a worker's module loads as reads (read-only, the relay's own code).
+ */
+export const workerModules: PermissionSource = () => ({ read: [RELAY_SOURCE_DIR] });
 
 /** What `serve` (the relay) needs. */
 export const SERVE_SOURCES: readonly PermissionSource[] = [

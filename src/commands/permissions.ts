@@ -18,11 +18,13 @@ import {
   recordEnvReads,
   SERVE_SOURCES,
   statusPermissions,
+  workerModules,
 } from "../permissions.ts";
 import { EXIT_USAGE, parsePort, reportConfigError, UsageError } from "./common.ts";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import { takeDeniedConfigFiles } from "../config/schema.ts";
 import { withListenOverrides } from "./serve.ts";
+import { parseWorkers } from "../workers.ts";
 
 /** Usage line of this command. */
 export const PERMISSIONS_USAGE =
@@ -51,6 +53,7 @@ export async function permissionsCommand(args: string[]): Promise<number> {
       "metrics-port": { type: "string" },
       url: { type: "string" },
       account: { type: "string" },
+      workers: { type: "string" },
     },
   });
   const str = (v: unknown) => typeof v === "string" ? v : undefined;
@@ -69,6 +72,7 @@ export async function permissionsCommand(args: string[]): Promise<number> {
     metricsPort: parsePort("metrics-port", str(values["metrics-port"])),
     url: str(values.url),
     account: str(values.account),
+    workers: workersOf(str(values.workers)),
     strict: values.strict === true,
     probe: values.probe === true,
   });
@@ -90,6 +94,8 @@ interface Wanted {
   readonly url?: string;
   /** `authorize --account`: that account's hosts only. */
   readonly account?: string;
+  /** `serve --workers N`. */
+  readonly workers?: number;
   /** Unset `env("…")` secrets are errors (the start path: the command would fail anyway). */
   readonly strict?: boolean;
   /** The launcher's probe: answer {@link NeedRead} for files it may not read yet. */
@@ -145,5 +151,17 @@ async function permissionsFor(
       [...AUTHORIZE_SOURCES, authorizeListener(w.port)],
     );
   }
+  if (command === "serve" && (w.workers ?? 1) > 1) {
+    return computePermissions(input, [...SERVE_SOURCES, workerModules]);
+  }
   return computePermissions(input, command === "check" ? CHECK_SOURCES : SERVE_SOURCES);
+}
+
+/** `--workers` as serve reads it (default 1). */
+function workersOf(value: string | undefined): number {
+  const n = parseWorkers(value ?? "1");
+  if (n === undefined) {
+    throw new UsageError(`--workers: expected a number >= 1 or auto, got "${value}"`);
+  }
+  return n;
 }

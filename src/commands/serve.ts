@@ -11,11 +11,12 @@ import { EXIT_USAGE, loadConfigOrReport, parsePort, UsageError } from "./common.
 import { ConfigError, loadConfig, type RelayConfig } from "../config/load.ts";
 import { computePermissions, missingPermissions, RELOAD_SOURCES } from "../permissions.ts";
 import { resolve } from "node:path";
+import { needsSharedState, parseWorkers, startWorkers } from "../workers.ts";
 
 /** Usage line of this command. */
 export const SERVE_USAGE = "[serve] [--config PATH] [--host HOST] [--port N] [--metrics-port N]\n" +
   "        [--log-format auto|pretty|json] [--log-level debug|info|warning|error]\n" +
-  "        [--reload-timeout SECONDS]";
+  "        [--reload-timeout SECONDS] [--workers N|auto]";
 
 /**
  * How long a reload (SIGHUP) may take to import and validate the config before it is
@@ -71,8 +72,13 @@ export async function serveCommand(args: string[]): Promise<number> {
       "log-format": { type: "string", default: "auto" },
       "log-level": { type: "string", default: "info" },
       "reload-timeout": { type: "string", default: String(DEFAULT_RELOAD_TIMEOUT_SECONDS) },
+      workers: { type: "string", default: "1" },
     },
   });
+  const workers = parseWorkers(values.workers);
+  if (workers === undefined) {
+    throw new UsageError(`--workers: expected a number >= 1 or auto, got "${values.workers}"`);
+  }
   const reloadTimeout = values["reload-timeout"];
   if (!/^\d+$/.test(reloadTimeout) || Number(reloadTimeout) < 1) {
     throw new UsageError(`--reload-timeout: expected seconds >= 1, got "${reloadTimeout}"`);
@@ -95,10 +101,20 @@ export async function serveCommand(args: string[]): Promise<number> {
   const withOverrides = (c: RelayConfig) =>
     withListenOverrides(c, { host: values.host, port, metricsPort });
   const config = withOverrides(loaded);
+  if (workers > 1 && !config.state.redis) {
+    console.error(needsSharedState(workers, values.config));
+    return EXIT_USAGE;
+  }
   await setupLogging(format as LogFormat, level);
   let relay;
   try {
-    relay = await startRelay(config);
+    relay = workers > 1
+      ? await startWorkers(config, {
+        count: workers,
+        logFormat: format as LogFormat,
+        logLevel: level,
+      })
+      : await startRelay(config);
   } catch (err) {
     console.error(`cannot start: ${err instanceof Error ? err.message : String(err)}`);
     return 1;

@@ -92,6 +92,8 @@ export interface IngressOptions {
   readonly accountName?: (username: string) => string | undefined;
   /** Called when a backend call throws (a bug) or a socket fails: for logging. */
   readonly onError?: (err: unknown) => void;
+  /** SO_REUSEPORT on every listener (`--workers N`: N workers accept on one port). */
+  readonly reusePort?: boolean;
 }
 
 /** The running listeners. */
@@ -691,7 +693,7 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
       const l = o.listeners[i];
       await new Promise<void>((ok, fail) => {
         server.server.once("error", fail);
-        server.listen(l.port, l.host, () => {
+        server.listen({ port: l.port, host: l.host, reusePort: o.reusePort === true }, () => {
           server.server.off("error", fail);
           ok();
         });

@@ -74,13 +74,15 @@ export function instanceId(): string {
  * Connects (waiting briefly; an unreachable Redis does not fail the start: the relay
  * comes up not ready and connects when Redis does) and builds the seams. `cap` is the
  * per-account connection cap as configured now; `onWanted`: another instance waits for
- * one of the account's connections (let idle ones go).
+ * one of the account's connections (let idle ones go); `instance`: this instance's id
+ * (a worker's id ends in its number).
  */
 export async function openSharedState(
   settings: RedisSettings,
   cap: (account: string) => number,
   registry?: client.Registry,
   onWanted?: (account: string) => void,
+  instance: string = instanceId(),
 ): Promise<SharedState> {
   checkRedisPermission(settings.url);
   const ca = settings.caFile ? await Deno.readTextFile(settings.caFile) : undefined;
@@ -92,7 +94,6 @@ export async function openSharedState(
   });
   if (registry) redis.observe(new RedisMetrics(registry));
   await redis.start();
-  const instance = instanceId();
   const permits = new RedisPermits(redis, cap, {
     instance,
     leaseMs: settings.permitLeaseSeconds * 1000,
