@@ -65,6 +65,8 @@ export interface WorkersOptions {
   readonly count: number;
   readonly logFormat: LogFormat;
   readonly logLevel: "debug" | "info" | "warning" | "error";
+  /** The worker module (default `src/workers_entry.ts`; tests wrap it). */
+  readonly entry?: URL;
 }
 
 /** The running supervisor: what `serve` drives. */
@@ -212,7 +214,7 @@ export async function startWorkers(
 
   /** Starts (or restarts) the worker in `slot`; resolves once it listens. */
   const spawn = (slot: Slot): Promise<FromWorker & { t: "started" }> => {
-    const worker = new Worker(ENTRY, { type: "module", name: `relay-worker-${slot.n}` });
+    const worker = new Worker(o.entry ?? ENTRY, { type: "module", name: `relay-worker-${slot.n}` });
     slot.worker = worker;
     slot.ready = false;
     const { promise, resolve, reject } = Promise.withResolvers<FromWorker & { t: "started" }>();

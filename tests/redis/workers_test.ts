@@ -14,6 +14,7 @@ import {
   metricValue,
   PASSWORD,
   rawMessage,
+  sandboxConfig,
   startTaskArgs,
   type TestAccount,
   until,
@@ -22,6 +23,8 @@ import { plain, RawSmtp } from "../smtp_client.ts";
 import { configText, RelayProcess } from "../operations/relay_process.ts";
 import { hashPassword } from "../../src/relay/password.ts";
 import { RedisServer } from "./redis_server.ts";
+import { parseConfig } from "../../src/config/load.ts";
+import { type RunningWorkers, startWorkers } from "../../src/workers.ts";
 
 interface Setup {
   sandbox: Sandbox;
@@ -307,5 +310,55 @@ Deno.test("workers: --workers 2 without Redis, --workers 0 and --workers abc -> 
     }
   } finally {
     await sandbox.close();
+  }
+});
+
+Deno.test("workers: a worker that dies (uncaught error) is logged and replaced; the process keeps relaying", async () => {
+  const sandbox = await startSandbox();
+  const accounts = makeAccounts(1);
+  sandbox.addAccount(accounts[0]);
+  const redis = await RedisServer.start();
+  const dir = await Deno.makeTempDir({ prefix: "relay-workers-crash-" });
+  const flag = `${dir}/crash`;
+  Deno.env.set("RELAY_TEST_CRASH_FILE", flag);
+  let running: RunningWorkers | undefined;
+  try {
+    const config = parseConfig(
+      await sandboxConfig(sandbox, accounts, dir, {
+        state: { redis: { url: redis.url, keyPrefix: "relay:" } },
+      }),
+    );
+    running = await startWorkers(config, {
+      count: 2,
+      logFormat: "json",
+      logLevel: "error",
+      entry: new URL("./fixtures/crashing_worker.ts", import.meta.url),
+    });
+    const metrics = async () =>
+      await (await fetch(`http://127.0.0.1:${running!.http.port}/metrics`)).text();
+    await Deno.writeTextFile(flag, "");
+    await until(async () => metricValue(await metrics(), "smtp_relay_worker_restarts_total") === 1);
+    await until(async () => metricValue(await metrics(), "smtp_relay_workers") === 2, 30_000);
+    const account = accounts[0];
+    const replies = await Promise.all(Array.from(
+      { length: 10 },
+      (_, i) =>
+        sendRaw(
+          running!.smtp.port,
+          account,
+          rawMessage(account.email, "r@example.net", `after ${i}\r\n`),
+        ),
+    ));
+    assert.deepEqual(replies.filter((r) => !r.startsWith("250 ")), []);
+    assert.equal(sandbox.received.length, 10);
+    const ready = await fetch(`http://127.0.0.1:${running.http.port}/readyz`);
+    assert.equal(ready.status, 200);
+    await ready.body?.cancel();
+  } finally {
+    Deno.env.delete("RELAY_TEST_CRASH_FILE");
+    await running?.stop(1_000);
+    await redis.close();
+    await sandbox.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });
