@@ -13,7 +13,7 @@
  *
  * Scenarios (`--scenario` takes the number or the name): 1 `persistent`,
  * 2 `per-connection`, 3 `latency`, 4 `accounts`, 5 `provider-delay`, 6 `memory`,
- * 7 `distance`, 8 `large`.
+ * 7 `distance`, 8 `large`, 9 `workers` (`bench/workers.ts`).
  * @module
  */
 import os from "node:os";
@@ -42,6 +42,7 @@ import {
   memoryReport,
   relayAScenarios,
 } from "./scenarios.ts";
+import { workersScenario } from "./workers.ts";
 
 // ---------------------------------------------------------------------------------------
 // Options and scale
@@ -55,13 +56,14 @@ const SCENARIOS = [
   "memory",
   "distance",
   "large",
+  "workers",
 ] as const;
 
 const USAGE = `usage: bench/main.ts [options]
   --quick               smoke run of a few seconds (small scale, one run, no verdicts)
   --runs N              runs per scenario, medians reported (default 3; quick 1)
   --duration S          measurement window per run in seconds (default 8; quick 1)
-  --scenario NAME       only this scenario (repeatable): 1-8 or ${SCENARIOS.join(", ")}
+  --scenario NAME       only this scenario (repeatable): 1-9 or ${SCENARIOS.join(", ")}
   --json PATH           write the machine-readable report there
   --results PATH        append the Markdown table there (default bench/RESULTS.md;
                         quick runs append only when this is given)
@@ -151,7 +153,7 @@ function parseOptions(args: string[]): Options {
   for (const s of values.scenario) {
     const n = /^\d$/.test(s) ? Number(s) : SCENARIOS.indexOf(s as typeof SCENARIOS[number]) + 1;
     if (n < 1 || n > SCENARIOS.length) {
-      throw new Error(`--scenario: unknown ${s} (1-8 or ${SCENARIOS.join(", ")})`);
+      throw new Error(`--scenario: unknown ${s} (1-9 or ${SCENARIOS.join(", ")})`);
     }
     scenarios.add(n);
   }
@@ -266,7 +268,7 @@ async function main(args: string[]): Promise<number> {
       ? scale.accountsA
       : 1,
     o.scenarios.has(4) || o.scenarios.has(5) || o.scenarios.has(6) ? scale.manyAccounts : 1,
-    o.scenarios.has(7) || o.scenarios.has(8) ? 10 : 1,
+    o.scenarios.has(7) || o.scenarios.has(8) || o.scenarios.has(9) ? 10 : 1,
   );
   progress(`starting the sandbox provider (${fmt(maxAccounts)} accounts)`);
   const sandbox = Child.spawn("sandbox", [
@@ -302,6 +304,7 @@ async function main(args: string[]): Promise<number> {
         : undefined;
       if (o.scenarios.has(7)) await distance(ctx, reports);
       if (o.scenarios.has(8)) await largeMessages(ctx, reports);
+      if (o.scenarios.has(9)) await workersScenario(ctx, reports);
       if (o.scenarios.has(6)) {
         const big = await bigMessage(ctx);
         const storm = await loginStorm(ctx);
