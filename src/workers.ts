@@ -26,6 +26,8 @@ const ENTRY = new URL("./workers_entry.ts", import.meta.url);
 const ASK_TIMEOUT_MS = 5_000;
 /** How long a worker may take to start, ms. */
 const START_TIMEOUT_MS = 60_000;
+/** Pause before another try at replacing a worker that could not start, ms. */
+const RETRY_MS = 5_000;
 /** Time a stopping worker gets beyond the drain deadline (pools QUIT, state flushed), ms. */
 const STOP_GRACE_MS = 15_000;
 
@@ -256,18 +258,7 @@ export async function startWorkers(
       });
       if (stopping) return;
       restarts.inc();
-      spawn(slot).then(
-        (m) =>
-          log.info("worker {worker} replaced (instance {instance})", {
-            worker: slot.n,
-            instance: m.instance,
-          }),
-        (err) =>
-          log.error("worker {worker} could not be replaced: {error}", {
-            worker: slot.n,
-            error: err instanceof Error ? err.message : String(err),
-          }),
-      );
+      replace(slot);
     };
     worker.postMessage(
       {
@@ -280,6 +271,28 @@ export async function startWorkers(
       } satisfies ToWorker,
     );
     return promise;
+  };
+
+  /** Starts a new worker in `slot`; one that cannot start is tried again after a pause. */
+  const replace = (slot: Slot): void => {
+    spawn(slot).then(
+      (m) =>
+        log.info("worker {worker} replaced (instance {instance})", {
+          worker: slot.n,
+          instance: m.instance,
+        }),
+      (err) => {
+        log.error("worker {worker} could not be replaced ({error}); next try in {seconds} s", {
+          worker: slot.n,
+          error: err instanceof Error ? err.message : String(err),
+          seconds: RETRY_MS / 1000,
+        });
+        const timer = setTimeout(() => {
+          if (!stopping) replace(slot);
+        }, RETRY_MS);
+        Deno.unrefTimer(timer);
+      },
+    );
   };
 
   const stopAll = async (deadlineMs: number) => {
