@@ -400,6 +400,11 @@ const RULES: Rule[] = [
     notRun: "run by .ci/run (check, then this very suite); running it here would recurse",
   },
   {
+    pattern: /^deno task start --workers\b/,
+    notRun: "needs Redis (state.redis), which the sandbox config here does not use; " +
+      "tests/redis/workers_test.ts runs --workers 2 through the start task with a real redis-server",
+  },
+  {
     pattern: /^deno task (start|authorize|compile|permissions|hash-password|demo)\b/,
     run: runTask,
   },
