@@ -11,6 +11,7 @@
  * a successful one (or one that checked no password) counts nothing. So with a limit of
  * L, however many attempts run at once on however many instances, exactly L are checked
  * and fail before the cut-off, and a right password is never cut off by others' checks.
+ * {@link FleetAccountGate} does the same for an account's lock across instances.
  * @module
  */
 
@@ -29,8 +30,8 @@ export interface FleetAuthView {
 /** Shared failure counters (Redis). Calls may fail: the throttle then counts alone. */
 export interface AuthFailureLedger {
   /**
-   * Records a failure from `ip` as `account` (`exempt`: only looked at, not counted) and
-   * locks the account for `windowMs` once `lockAfter` failures fall in the window.
+   * What the fleet knows after a failure from `ip` as `account`, which {@link settle} and
+   * {@link settleAccount} counted (the lock included): the implementation may only read.
    */
   record(
     ip: string,
@@ -55,6 +56,29 @@ export interface AuthFailureLedger {
   ): Promise<"check" | "wait" | "cut off">;
   /** Check `id` from `ip` ended: a failure (`failed`) counts from now on, else nothing. */
   settle(ip: string, id: string, failed: boolean, windowMs: number): Promise<void>;
+  /**
+   * The same for an account's lock, in one step: "locked" while it is locked; "wait" when
+   * its strikes and the checks under way reach `lockAfter`; else "check", and check `id`
+   * is counted as under way (for at most `checkMs`).
+   */
+  admitAccount(
+    account: string,
+    id: string,
+    lockAfter: number,
+    windowMs: number,
+    checkMs: number,
+  ): Promise<"check" | "wait" | "locked">;
+  /**
+   * Check `id` as `account` ended; a failure is a strike, and the strike that reaches
+   * `lockAfter` locks the account for `windowMs` (`locked`: this one did).
+   */
+  settleAccount(
+    account: string,
+    id: string,
+    failed: boolean,
+    windowMs: number,
+    lockAfter: number,
+  ): Promise<{ strikes: number; locked: boolean }>;
 }
 
 /** An admitted attempt: call exactly one of its methods once the outcome is known. */
@@ -187,5 +211,77 @@ export class AuthCutOff {
         this.#byIp.delete(ip);
       }
     }
+  }
+}
+
+/** An admitted check as an account across the fleet: exactly one method, once. */
+export interface AccountAttempt {
+  /** A strike; resolves to what it did (`undefined`: the ledger could not be reached). */
+  failed(): Promise<{ strikes: number; locked: boolean } | undefined>;
+  /** Not a strike (a success, or no password checked). */
+  forgive(): void;
+}
+
+/** What {@link FleetAccountGate} needs of the limits. */
+export interface AccountGateOptions {
+  /** The window, ms; also how long a lock lasts. */
+  readonly authFailureWindowMs: number;
+  /** Strikes before the lock. */
+  readonly authFailuresBeforeAccountLock?: number;
+  /** Shared counts (Redis); without it the gate lets everything through. */
+  readonly authFailureLedger?: AuthFailureLedger;
+}
+
+/**
+ * The account lock across instances, after this instance's own turn
+ * (`AuthThrottle.begin`): the ledger judges and counts the check in one step, so N
+ * instances together check no more guesses than the lock allows. Without a ledger, or
+ * while it cannot be reached, it admits (this instance's throttle decides alone).
+ */
+export class FleetAccountGate {
+  readonly #o: AccountGateOptions;
+  readonly #lockAfter: number;
+  readonly #instance = crypto.randomUUID().slice(0, 8);
+  #seq = 0;
+
+  /** `lockAfter`: the default of the config when the options have none. */
+  constructor(options: AccountGateOptions, lockAfter: number) {
+    this.#o = options;
+    this.#lockAfter = options.authFailuresBeforeAccountLock ?? lockAfter;
+  }
+
+  /** Waits for the fleet's verdict on a check as `account`: "locked", or the attempt. */
+  async admit(account: string): Promise<AccountAttempt | "locked" | undefined> {
+    const ledger = this.#o.authFailureLedger;
+    if (!ledger) return undefined;
+    const id = `${this.#instance}:${++this.#seq}`;
+    const windowMs = this.#o.authFailureWindowMs;
+    try {
+      while (true) {
+        const verdict = await ledger.admitAccount(
+          account,
+          id,
+          this.#lockAfter,
+          windowMs,
+          CHECK_LAPSE_MS,
+        );
+        if (verdict === "locked") return "locked";
+        if (verdict === "check") break;
+        await new Promise((go) => setTimeout(go, FLEET_POLL_MS * (1 + Math.random())));
+      }
+    } catch {
+      return undefined; // unreachable: this instance's throttle decides alone
+    }
+    let done = false;
+    const end = (failed: boolean) => {
+      if (done) return Promise.resolve(undefined);
+      done = true;
+      return ledger.settleAccount(account, id, failed, windowMs, this.#lockAfter)
+        .catch(() => undefined); // unreachable: the check under way lapses by itself
+    };
+    return {
+      failed: () => end(true),
+      forgive: () => void end(false),
+    };
   }
 }

@@ -123,6 +123,27 @@ Deno.test("fleet auth: 10 right and then 20 bad AUTHs at once from one IP, split
   );
 });
 
+Deno.test("fleet auth: 16 bad AUTHs at once as one account, split over two relays, get exactly 4 535s (lock after 4), the rest 454", async () => {
+  await twoRelays(
+    "authFailuresBeforeDisconnect: 100, authFailuresBeforeAccountLock: 4",
+    async (relays, redis, [a, b]) => {
+      // 8 right passwords at once (more than the lock threshold): all log in, no strike.
+      const good = Array.from({ length: 8 }, (_, i) => relays[i % 2].ports.smtp);
+      const ok = await concurrentAuths(good, () => a.email, PASSWORD);
+      assert.equal(ok.filter((r) => r.startsWith("235 ")).length, 8, ok.join("\n"));
+      const ports = Array.from({ length: 16 }, (_, i) => relays[i % 2].ports.smtp);
+      const replies = await concurrentAuths(ports, () => a.email, "wrong");
+      const shown = replies.join("\n");
+      assert.equal(count(replies, BAD), 4, shown);
+      assert.equal(count(replies, LOCKED), 12, shown);
+      assert.equal((await redis.command(["KEYS", "relay:auth:lock:*"])).slice(0, 2), "*1");
+      assert.equal(await auth(relays[0], a.email, PASSWORD), LOCKED);
+      assert.equal(await auth(relays[1], a.email, PASSWORD), LOCKED);
+      assert.match(await auth(relays[1], b.email, PASSWORD), /^235 /);
+    },
+  );
+});
+
 Deno.test("auth cut-off (one relay, no Redis): 6 right and then 12 bad AUTHs at once from one IP log in 6 and get exactly 4 535s (limit 4), the rest 421", async () => {
   const h = await startHarness({
     accounts: 2,
