@@ -16,6 +16,12 @@ import type { Backend, IngressObserver, Session } from "./backend.ts";
 import { isLoopback, NetworkList, unmapped } from "./network.ts";
 import { AuthThrottle, ConnectionLimiter, type LimitOptions } from "./limits.ts";
 import { recipientProblem } from "./address.ts";
+import {
+  type AccountAttempt,
+  type AuthAttempt,
+  AuthCutOff,
+  FleetAccountGate,
+} from "./auth_ledger.ts";
 import { classifyRefusal, type ReplyReason } from "./replies.ts";
 import { DEFAULTS } from "../config/defaults.ts";
 import { isPositive, type Reply, reply } from "../smtp/reply.ts";
@@ -248,6 +254,8 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
   const observer = o.observer;
   const limiter = new ConnectionLimiter(o.limits);
   const throttle = new AuthThrottle(o.limits);
+  const cutOff = new AuthCutOff(o.limits);
+  const accountGate = new FleetAccountGate(o.limits, DEFAULTS.authFailuresBeforeAccountLock);
   const authExempt = new NetworkList(o.limits.authFailureExempt ?? []);
   /** Admitted clients. */
   const clients = new Set<Client>();
@@ -523,20 +531,37 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
         if (needsTls(c)) return callback(refuse(c, "auth_plaintext", NEEDS_TLS));
         const username = (auth.username ?? "").trim().toLowerCase();
         c.authAccount = o.accountName?.(username);
-        // Trusted networks and `authFailureExempt` are not cut off (one broken local app must
-        // not lock out the others); their failures are still tarpitted per account.
-        if (!c.exempt && throttle.blocked(c.ip)) {
-          log.warn("too many failed authentications from {ip}: disconnected", { ip: c.ip });
-          callback(refuse(c, "auth_throttled", THROTTLED)); // 421: smtp-server closes the session
-          return;
-        }
         c.authenticating = true;
         c.lastActive = performance.now();
+        // Trusted networks and `authFailureExempt` are not cut off (one broken local app must
+        // not lock out the others); their failures are still tarpitted per account. Others
+        // take a slot of the per-IP limit before the check, in one step with the verdict
+        // (across instances too): a failure keeps it, anything else gives it back.
+        let attempt: AuthAttempt | undefined;
+        let strike: AccountAttempt | undefined;
+        const admitted = c.exempt ? Promise.resolve(undefined) : cutOff.admit(c.ip);
         // An account that failed too often is locked for clients that are not exempt: they
         // are refused without a password check, so a guess cannot succeed during the lock.
-        const turn = c.exempt ? Promise.resolve("check" as const) : throttle.begin(username);
+        // This instance's turn first, then the fleet's (judged and counted in one step).
+        const turn = admitted.then(async (a) => {
+          attempt = a;
+          if (!c.exempt && !a) return "cut off" as const;
+          if (c.exempt) return "check" as const;
+          const local = await throttle.begin(username);
+          if (local !== "check") return local;
+          const fleet = await accountGate.admit(username);
+          if (fleet === "locked") throttle.checked(username);
+          else strike = fleet;
+          return fleet === "locked" ? fleet : local;
+        });
         turn.then((decision) => {
+          if (decision === "cut off") {
+            c.authenticating = false;
+            log.warn("too many failed authentications from {ip}: disconnected", { ip: c.ip });
+            return callback(refuse(c, "auth_throttled", THROTTLED)); // 421: the session ends
+          }
           if (decision === "locked") {
+            attempt?.forgive(); // no password checked: nothing counts
             c.authenticating = false;
             return callback(refuse(c, "auth_account_locked", ACCOUNT_LOCKED));
           }
@@ -546,21 +571,34 @@ export async function startIngress(o: IngressOptions): Promise<Ingress> {
             if (!c.exempt) throttle.checked(username);
           };
           // Gone while waiting for its turn: the backend's session is logged out already.
-          if (!clients.has(c)) return done();
+          if (!clients.has(c)) {
+            attempt?.forgive();
+            strike?.forgive();
+            return done();
+          }
           c.session!.auth(auth.username ?? "", auth.password ?? "").then((ok) => {
             if (ok) {
+              attempt?.forgive();
+              strike?.forgive();
               done();
               c.authenticated = true;
               return callback(null, { user: username });
             }
             // Tarpit: the failure reply waits, a correct login never does.
+            attempt?.failed();
             const failure = throttle.failed(c.ip, username, c.exempt);
             done();
             if (failure.locked) logLock(username, failure.strikes, c.ip);
+            // The fleet's lock: logged by the instance whose strike set it.
+            strike?.failed().then((f) => {
+              if (f?.locked && !failure.locked) logLock(username, f.strikes, c.ip);
+            });
             const delayMs = failure.delayMs;
             if (delayMs > 0) setTimeout(() => callback(refuse(c, "auth", AUTH_FAILED)), delayMs);
             else callback(refuse(c, "auth", AUTH_FAILED));
           }, (err) => {
+            attempt?.forgive();
+            strike?.forgive();
             done();
             o.onError?.(err);
             const r = reply(454, "4.7.0", "Temporary authentication failure");

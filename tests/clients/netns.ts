@@ -86,3 +86,100 @@ export class ClientNetwork {
     await ip(["netns", "del", this.name]).catch(() => {});
   }
 }
+
+/** One namespace of a {@link TestLan}: a "host" with one address on the LAN. */
+export interface LanHost {
+  /** Namespace name. */
+  readonly ns: string;
+  /** Its address on the LAN (10.x.y.z). */
+  readonly address: string;
+}
+
+/**
+ * A private LAN of "hosts" for the multi-host tests: a bridge in this namespace (with
+ * {@link TestLan.hostAddress}, so the test process reaches every host and runs the
+ * clients and the sandbox) and one network namespace per named host, each joined to the
+ * bridge by a veth pair, all in one 10.2xx.y.0/24 no route of this host uses. Names are
+ * unique per run; {@link TestLan.close} removes the links, the bridge and the namespaces
+ * by name. Needs root.
+ */
+export class TestLan {
+  /** This namespace's address on the LAN (the bridge's). */
+  readonly hostAddress: string;
+  /** The /24. */
+  readonly subnet: string;
+  /** The hosts by the names given to {@link create}. */
+  readonly hosts: Record<string, LanHost> = {};
+  readonly #id: string;
+  readonly #links: string[] = [];
+
+  private constructor(id: string, prefix: string) {
+    this.#id = id;
+    this.hostAddress = `${prefix}.1`;
+    this.subnet = `${prefix}.0/24`;
+  }
+
+  get #bridge(): string {
+    return `rt${this.#id}br`;
+  }
+
+  /** Creates the bridge and one namespace per name (`.2`, `.3`, … in order). */
+  static async create(names: string[]): Promise<TestLan> {
+    const id = crypto.randomUUID().slice(0, 8);
+    const prefix = await freePrefix();
+    const lan = new TestLan(id, prefix);
+    try {
+      await ip(["link", "add", lan.#bridge, "type", "bridge"]);
+      lan.#links.push(lan.#bridge);
+      await ip(["addr", "add", `${lan.hostAddress}/24`, "dev", lan.#bridge]);
+      await ip(["link", "set", lan.#bridge, "up"]);
+      for (const [i, name] of names.entries()) {
+        const host: LanHost = { ns: `relay-test-${id}-${name}`, address: `${prefix}.${i + 2}` };
+        const outer = `rt${id}h${i}`;
+        const inner = `rt${id}n${i}`;
+        await ip(["netns", "add", host.ns]);
+        lan.hosts[name] = host;
+        await ip(["link", "add", outer, "type", "veth", "peer", "name", inner]);
+        lan.#links.push(outer);
+        await ip(["link", "set", inner, "netns", host.ns]);
+        await ip(["link", "set", outer, "master", lan.#bridge]);
+        await ip(["link", "set", outer, "up"]);
+        await ip(["-n", host.ns, "addr", "add", `${host.address}/24`, "dev", inner]);
+        await ip(["-n", host.ns, "link", "set", inner, "up"]);
+        await ip(["-n", host.ns, "link", "set", "lo", "up"]);
+      }
+    } catch (err) {
+      await lan.close();
+      throw err;
+    }
+    return lan;
+  }
+
+  /** `program args…` run inside host `name`'s namespace (via `ip netns exec`). */
+  command(name: string, program: string, args: string[], options: Deno.CommandOptions = {}) {
+    return new Deno.Command("ip", {
+      ...options,
+      args: ["netns", "exec", this.hosts[name].ns, program, ...args],
+    });
+  }
+
+  /** Removes the links, the bridge and the namespaces (by name; missing ones are fine). */
+  async close(): Promise<void> {
+    for (const link of this.#links.reverse()) await ip(["link", "del", link]).catch(() => {});
+    for (const host of Object.values(this.hosts)) {
+      await ip(["netns", "del", host.ns]).catch(() => {});
+    }
+  }
+}
+
+/** A 10.2xx.y prefix whose /24 (or a wider 10.x network) this host does not route. */
+async function freePrefix(): Promise<string> {
+  const used = await routes();
+  if (/^10\.0\.0\.0\/8 /m.test(used)) throw new Error("10.0.0.0/8 is routed here");
+  for (let i = 0; i < 50; i++) {
+    const second = 200 + Math.floor(Math.random() * 50);
+    const third = Math.floor(Math.random() * 256);
+    if (!used.includes(`10.${second}.`)) return `10.${second}.${third}`;
+  }
+  throw new Error("no free 10.2xx.y.0/24 for the test LAN");
+}
