@@ -9,8 +9,10 @@
  */
 import { SMTPServer, type SMTPServerSession } from "smtp-server";
 import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
+import { SMTPStream } from "smtp-server/lib/smtp-stream.js";
 import pkg from "smtp-server/package.json" with { type: "json" };
 import { isIP, type Socket } from "node:net";
+import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import { Command, IPv4ProxyAddress, IPv6ProxyAddress, V2ProxyProtocol } from "proxy-protocol-js";
 
@@ -76,6 +78,7 @@ export function checkSmtpServer(connection: typeof SMTPConnection = SMTPConnecti
   if (typeof c.session !== "object" || c.session === null) {
     throw missing("SMTPConnection.session");
   }
+  checkDataUnstuffing(missing);
 }
 
 /** A socket-like object that never connects: enough for SMTPConnection's constructor. */
@@ -462,4 +465,294 @@ function proxyV2Options(header: Uint8Array): Record<string, unknown> {
   }
   if (!isIP(address)) throw new Error("invalid PROXY v2 source address");
   return { id, remoteAddress: address, remotePort: a.sourcePort };
+}
+
+// ---------------------------------------------------------------------------------------
+// DATA: dot-unstuffing and the end-of-data search without a JavaScript loop per byte.
+
+/** The members of smtp-server's `SMTPStream` (its input parser) the DATA phase uses. */
+interface StreamInternals {
+  _dataStream: DataSink | null;
+  _atDataStart: boolean;
+  _lastBytes: Uint8Array | false;
+  _maxBytes: number;
+  dataBytes: number;
+  _countDataBytes(len: number): void;
+  _endDataMode(last: Uint8Array | false, remainder: Uint8Array, done: Done): void;
+  startDataMode(maxBytes?: number): unknown;
+  _feedDataStream: Feed;
+  [UNSTUFF]?: UnstuffState;
+}
+
+/** What the DATA phase writes the message to (smtp-server's PassThrough). */
+interface DataSink {
+  readonly writable: boolean;
+  readonly destroyed: boolean;
+  write(chunk: Uint8Array): boolean;
+  once(event: string, listener: () => void): unknown;
+  removeListener(event: string, listener: () => void): unknown;
+}
+
+type Done = (err?: Error | null) => void;
+/** `SMTPStream#_feedDataStream`: one chunk of the DATA phase. */
+type Feed = (this: StreamInternals, chunk: Uint8Array, done: Done) => void;
+
+const UNSTUFF = Symbol("smtp-oauth2-relay.unstuff");
+
+/** Where the native search stands in one message (the bytes before the next to read). */
+interface UnstuffState {
+  /** The message's data stream (a new one: a new message). */
+  readonly sink: DataSink;
+  /** Bytes of the DATA stream before `held` (removed escape dots included). */
+  seen: number;
+  /** The two bytes before `held` (-1: none). */
+  before2: number;
+  before1: number;
+  /** A dot that starts a line and what follows it, undecided until the next chunk. */
+  held: Uint8Array | null;
+}
+
+const streamProto = SMTPStream.prototype as unknown as StreamInternals;
+/** smtp-server's own per-byte `_feedDataStream`: the reference of the check. */
+const perByteFeed: Feed = streamProto._feedDataStream;
+const CR = 0x0d;
+const LF = 0x0a;
+const DOT = 0x2e;
+
+/**
+ * smtp-server's DATA phase without its loop over every byte (and without its copy of every
+ * chunk): the chunk's one-byte-per-character text is searched natively for a dot that
+ * starts a line (`\n.`); only there is anything decided. The rules are smtp-server's
+ * exactly (checked at start-up on every split of a fixed corpus, {@link checkSmtpServer},
+ * and on random splits by tests/compat): the message ends at CRLF `.` CRLF (or `.` CRLF as
+ * its first bytes); a dot that starts a line (after CRLF or a bare LF) and is followed by
+ * another dot is an escape and is removed; the message's second byte is never taken for a
+ * line start (smtp-server's scan starts at the third). A dot at the end of a chunk (with a
+ * CR after it, if the terminator is possible) is held for the next chunk; everything before
+ * it goes out at once, as subarrays of the received chunk (no copy). Sizes are counted by
+ * smtp-server's own `_countDataBytes`, so `sizeExceeded` and `byteLength` behave as before.
+ */
+const nativeFeed: Feed = function (chunk, done) {
+  const sink = this._dataStream;
+  if (!sink || (this._lastBytes && this._lastBytes.length)) {
+    return perByteFeed.call(this, chunk, done);
+  }
+  let st = this[UNSTUFF];
+  if (!st || st.sink !== sink) {
+    st = this[UNSTUFF] = { sink, seen: 0, before2: -1, before1: -1, held: null };
+  }
+  let b: Uint8Array = chunk;
+  if (st.held) {
+    // Rare (a chunk that ended just after a line's leading dot): a copy of this chunk.
+    b = Buffer.concat([st.held, chunk]);
+    st.held = null;
+  }
+  const len = b.length;
+  if (len === 0) return done();
+  const pieces: Uint8Array[] = [];
+  let from = 0;
+  const hold = (at: number) => {
+    // Keep b[at..] (a line's leading dot and what follows) for the next chunk.
+    if (at > from) pieces.push(b.subarray(from, at));
+    st.before2 = at >= 2 ? b[at - 2] : at === 1 ? st.before1 : st.before2;
+    st.before1 = at >= 1 ? b[at - 1] : st.before1;
+    st.seen += at;
+    st.held = b.subarray(at);
+    emit(this, sink, pieces, done);
+  };
+  if (st.seen === 0 && b[0] === DOT) {
+    // The message's first byte: `.` CRLF ends an empty message, `..` is an escape.
+    if (len < 2 || (b[1] === CR && len < 3)) return hold(0);
+    if (b[1] === CR && b[2] === LF) return this._endDataMode(false, b.subarray(3), done);
+    if (b[1] === DOT) from = 1;
+  }
+  // The first position that may be a line's leading dot: the message's third byte on.
+  const first = Math.max(0, 2 - st.seen);
+  const text = latin1Text(b);
+  let at = first === 0 && b[0] === DOT && st.before1 === LF ? 0 : nextLeadingDot(text, first);
+  while (at !== -1) {
+    if (at + 1 >= len) return hold(at);
+    const next = b[at + 1];
+    if (next === DOT) {
+      // An escape: drop this dot, the next one is content.
+      if (at > from) pieces.push(b.subarray(from, at));
+      from = at + 1;
+      at = nextLeadingDot(text, at + 3);
+      continue;
+    }
+    const twoBefore = at >= 2 ? b[at - 2] : at === 1 ? st.before1 : st.before2;
+    if (next === CR && twoBefore === CR) {
+      if (at + 2 >= len) return hold(at);
+      if (b[at + 2] === LF) {
+        // CRLF . CRLF: the message ends with the CRLF before the dot.
+        const last = b.subarray(from, at);
+        const sinkNow = sink;
+        for (const p of pieces) write(this, sinkNow, p);
+        this._countDataBytes(last.length);
+        return this._endDataMode(last.length ? last : false, b.subarray(at + 3), done);
+      }
+    }
+    at = nextLeadingDot(text, at + 1);
+  }
+  if (from < len) pieces.push(b.subarray(from));
+  st.before2 = len >= 2 ? b[len - 2] : st.before1;
+  st.before1 = b[len - 1];
+  st.seen += len;
+  emit(this, sink, pieces, done);
+};
+
+/** The first dot at `from` or later that follows an LF (its index), or -1. */
+function nextLeadingDot(text: string, from: number): number {
+  const at = text.indexOf("\n.", from > 0 ? from - 1 : 0);
+  return at === -1 ? -1 : at + 1;
+}
+
+/** The bytes as a one-byte-per-character string (native: no loop here). */
+function latin1Text(b: Uint8Array): string {
+  return (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.length))
+    .toString("latin1");
+}
+
+/** Counts and writes one piece as smtp-server would (a destroyed stream gets nothing). */
+function write(stream: StreamInternals, sink: DataSink, piece: Uint8Array): boolean {
+  stream._countDataBytes(piece.length);
+  return sink.writable ? sink.write(piece) : true;
+}
+
+/** Writes the pieces, then calls `done` at once or when the data stream drains. */
+function emit(stream: StreamInternals, sink: DataSink, pieces: Uint8Array[], done: Done): void {
+  let flowing = true;
+  for (const p of pieces) flowing = write(stream, sink, p);
+  if (flowing || sink.destroyed || !sink.writable) return done();
+  // A stream that the application destroys never drains, it only closes.
+  const onDrain = () => {
+    sink.removeListener("drain", onDrain);
+    sink.removeListener("close", onDrain);
+    done();
+  };
+  sink.once("drain", onDrain);
+  sink.once("close", onDrain);
+}
+
+if (typeof perByteFeed === "function") streamProto._feedDataStream = nativeFeed;
+
+/** What one run of a DATA phase produced (see {@link unstuffWith}). */
+export interface UnstuffOutcome {
+  /** The message as the data stream received it. */
+  readonly body: Uint8Array;
+  /** True once the end of data was found. */
+  readonly ended: boolean;
+  /** The bytes after the end of data (back to commands), all chunks' rest included. */
+  readonly after: Uint8Array;
+  /** smtp-server's byte count of the message. */
+  readonly dataBytes: number;
+  /** The data stream's `sizeExceeded` at the end. */
+  readonly sizeExceeded: boolean;
+}
+
+/**
+ * Runs one DATA phase of a fresh smtp-server parser over `chunks` (synchronously, with a
+ * sink for a data stream) with smtp-server's own per-byte implementation (`library`) or the
+ * relay's (`native`), and returns what it produced. The start-up check and the tests
+ * compare the two.
+ */
+export function unstuffWith(
+  which: "native" | "library",
+  chunks: readonly Uint8Array[],
+  maxBytes = Infinity,
+): UnstuffOutcome {
+  const feed = which === "native" ? nativeFeed : perByteFeed;
+  const parser = new SMTPStream() as unknown as StreamInternals;
+  parser._feedDataStream = feed; // its own recursion (an escape dot) uses the same one
+  parser.startDataMode(maxBytes);
+  const out: Uint8Array[] = [];
+  const after: Uint8Array[] = [];
+  let ended = false;
+  const sink = {
+    writable: true,
+    destroyed: false,
+    byteLength: 0,
+    sizeExceeded: false,
+    write: (piece: Uint8Array) => out.push(Uint8Array.from(piece)) > 0,
+    once: () => sink,
+    removeListener: () => sink,
+  };
+  parser._dataStream = sink;
+  parser._endDataMode = (last, remainder, done) => {
+    if (last && last.length) out.push(Uint8Array.from(last));
+    after.push(Uint8Array.from(remainder));
+    sink.sizeExceeded = parser.dataBytes > parser._maxBytes;
+    ended = true;
+    done();
+  };
+  // smtp-server defers the rest of a chunk after an escape dot (setImmediate): run it now.
+  const deferred: (() => void)[] = [];
+  const g = globalThis as unknown as { setImmediate: (f: () => void) => unknown };
+  const setImmediate = g.setImmediate;
+  g.setImmediate = (f) => deferred.push(f);
+  try {
+    for (const c of chunks) {
+      if (ended) {
+        after.push(Uint8Array.from(c));
+        continue;
+      }
+      feed.call(parser, Buffer.from(c), () => {});
+      while (deferred.length > 0) deferred.shift()!();
+    }
+  } finally {
+    g.setImmediate = setImmediate;
+  }
+  return {
+    body: Buffer.concat(out),
+    ended,
+    after: Buffer.concat(after),
+    dataBytes: parser.dataBytes,
+    sizeExceeded: sink.sizeExceeded,
+  };
+}
+
+/**
+ * True when the two runs produced the same: both ended, with the same message, the same
+ * bytes after it and the same count; or neither ended (a message without its end is never
+ * delivered, and the two hold back different tails of it meanwhile).
+ */
+export function sameOutcome(a: UnstuffOutcome, b: UnstuffOutcome): boolean {
+  if (!a.ended || !b.ended) return a.ended === b.ended;
+  return a.dataBytes === b.dataBytes &&
+    a.sizeExceeded === b.sizeExceeded && Buffer.compare(a.body, b.body) === 0 &&
+    Buffer.compare(a.after, b.after) === 0;
+}
+
+/** Messages on which the two must agree: every dot, line-end and terminator case. */
+const UNSTUFF_CASES = [
+  ".\r\nQUIT\r\n",
+  "..\r\n.\r\n",
+  "\r\n.\r\n",
+  "\n..x\r\n.\r\n",
+  "a\r\n..b\r\n.c\r\n...\r\n\n..\n.\r\n.\r\nRSET\r\n",
+  "x\r\n.\n.\r.\r\n\r\n..\r\n.\r\n",
+  "\r\r\n.\r\n",
+];
+
+/** Compares the native DATA phase with smtp-server's on every split of {@link UNSTUFF_CASES}. */
+function checkDataUnstuffing(missing: (what: string) => Error): void {
+  if (typeof perByteFeed !== "function") throw missing("SMTPStream._feedDataStream()");
+  for (const name of ["_countDataBytes", "_endDataMode", "startDataMode"] as const) {
+    if (typeof streamProto[name] !== "function") throw missing(`SMTPStream.${name}()`);
+  }
+  for (const text of UNSTUFF_CASES) {
+    const bytes = Buffer.from(text, "latin1");
+    for (let cut = 0; cut <= bytes.length; cut++) {
+      // Every other split with a size limit the message overruns.
+      const limit = cut % 2 === 0 ? Infinity : 4;
+      const chunks = [bytes.subarray(0, cut), bytes.subarray(cut)];
+      const native = unstuffWith("native", chunks, limit);
+      if (!sameOutcome(native, unstuffWith("library", chunks, limit))) {
+        throw missing(
+          `SMTPStream's DATA phase (${JSON.stringify(text)}, split at ${cut}) as the relay ` +
+            `reads it`,
+        );
+      }
+    }
+  }
 }
