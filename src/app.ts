@@ -105,9 +105,11 @@ export async function startRelay(
   // One cap per address, as configured now, for every runtime of it (see AccountDeps).
   // Accounts and mailboxes of domain entries alike (the registry knows both).
   const capOf = (account: string) => registry?.maxConnections(account) ?? 1;
-  // Another instance waits for one of an account's connections: idle ones here go.
+  // Another instance waits for one of an account's connections: one idle connection here
+  // goes per lease renewal (every 5 s), not all: two busy instances on one account would
+  // otherwise keep closing each other's connections between messages and reopening them.
   const onWanted = (account: string) =>
-    registry?.runtimes.find((r) => r.config.email.toLowerCase() === account)?.pool.quitIdle();
+    registry?.runtimes.find((r) => r.config.email.toLowerCase() === account)?.pool.quitIdle(1);
   const backend = await stateBackend(config, capOf, metrics, onWanted, options.instance);
   const quotas = backend.quotas;
   const deps: AccountDeps = {

@@ -365,11 +365,12 @@ export class UpstreamPool {
   }
 
   /**
-   * Says QUIT on every idle pooled connection (their permits go back as they close); the
-   * pool stays usable and opens new connections on demand. For a pool being retired.
+   * Says QUIT on up to `max` idle pooled connections (all by default; their permits go back
+   * as they close); the pool stays usable and opens new connections on demand. All for a
+   * pool being retired, one at a time when another instance waits for the account's cap.
    */
-  quitIdle(): void {
-    if (!this.#closed) quitIdleConnections(this.#transport);
+  quitIdle(max = Infinity): void {
+    if (!this.#closed) quitIdleConnections(this.#transport, max);
   }
 
   /**

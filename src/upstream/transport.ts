@@ -68,8 +68,8 @@ export interface Transport {
   readonly openConnections: number;
   /** Says goodbye to idle connections and closes (shutdown). */
   quit(): Promise<void>;
-  /** Lets idle connections go; stays usable (a retired runtime). */
-  quitIdle(): void;
+  /** Lets up to `max` (default all) idle connections go; stays usable. */
+  quitIdle(max?: number): void;
   /** Closes at once. */
   close(): void;
 }
