@@ -16,6 +16,7 @@
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { NO_PERMISSIONS, permissionFlags, type PermissionSet } from "./permissions.ts";
+import { runtimeFlags } from "./runtime_flags.ts";
 
 const MAIN = fileURLToPath(new URL("./main.ts", import.meta.url));
 
@@ -176,7 +177,14 @@ export async function launch(args: readonly string[]): Promise<number> {
   }
   const set = await derivePermissions(command, rest);
   if (typeof set === "number") return set;
-  return await runForwarding(["run", ...permissionFlags(set), MAIN, LAUNCHED_FLAG, ...args]);
+  return await runForwarding([
+    "run",
+    ...runtimeFlags(),
+    ...permissionFlags(set),
+    MAIN,
+    LAUNCHED_FLAG,
+    ...args,
+  ]);
 }
 
 if (import.meta.main) {
