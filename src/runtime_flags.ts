@@ -1,7 +1,8 @@
 /**
- * V8 flags the relay runs with (the launcher's child command line, `deno compile`, the
- * benchmark's relays): the memory they save is measured in `bench/README.md` ("Memory")
- * with `deno task bench:memory-levers` and `deno task bench --scenario memory`.
+ * V8 flags and C-library settings the relay runs with (the launcher's child process and
+ * the benchmark's relays): what they save is measured in `docs/memory.md`
+ * (`deno task bench:memory-levers`, `deno task bench:pool-memory`,
+ * `deno task bench --scenario memory`).
  *
  * `--max-semi-space-size=2` caps each of V8's two young-generation semi-spaces at 2 MB (its
  * default grows them to 16 MB each under a high allocation rate, as the relay's message
@@ -9,6 +10,14 @@
  * price of more, shorter scavenges (each copies the live young objects only, few on the
  * message path). The heap limit (`--max-old-space-size`) is left alone: a relay that hit
  * it would crash rather than refuse mail.
+ *
+ * `MALLOC_ARENA_MAX=2`: Deno allocates with glibc malloc (`nm -D $(which deno)`), which
+ * gives every thread that allocates its own arena, up to 8 per core; the relay's runtime
+ * has many (the Tokio worker and blocking-pool threads that resolve host names, read files
+ * and run TLS handshakes, V8's GC helpers), and each arena keeps the memory it once held.
+ * Two arenas hold the relay's RSS after warm-up and under load well below the default
+ * (see docs/memory.md). glibc reads it once at process start, so it is set in the child's
+ * environment; it replaces any value the launcher's own environment has.
  * @module
  */
 
@@ -21,4 +30,12 @@ export const RELAY_V8_FLAGS: readonly string[] = ["--max-semi-space-size=2"];
  */
 export function runtimeFlags(): string[] {
   return RELAY_V8_FLAGS.length ? [`--v8-flags=${RELAY_V8_FLAGS.join(",")}`] : [];
+}
+
+/** Environment variables for the relay's process (glibc reads them at start). */
+export const RELAY_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: "2" };
+
+/** A copy of {@link RELAY_ENV}, for `Deno.Command`'s `env` (merged over the inherited one). */
+export function runtimeEnv(): Record<string, string> {
+  return { ...RELAY_ENV };
 }

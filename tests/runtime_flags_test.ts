@@ -2,10 +2,11 @@
  * src/runtime_flags.ts: Deno accepts the relay's V8 flags, and they take effect. A child
  * process allocates short-lived objects at a high rate (as the message path does) and
  * reports the largest young generation V8 gave it: with the flags it stays within the 2 MB
- * semi-space cap, without them V8 grows it past that.
+ * semi-space cap, without them V8 grows it past that. The environment (glibc's arena cap)
+ * reaches a child started with it.
  */
 import assert from "node:assert/strict";
-import { RELAY_V8_FLAGS, runtimeFlags } from "../src/runtime_flags.ts";
+import { RELAY_ENV, RELAY_V8_FLAGS, runtimeEnv, runtimeFlags } from "../src/runtime_flags.ts";
 
 const CHURN = `
 import v8 from "node:v8";
@@ -46,4 +47,15 @@ Deno.test("runtimeFlags: the young generation stays within the 2 MB semi-space c
   const free = await youngGeneration([]);
   assert.ok(capped > 0 && capped <= 4 * MB, `with the flags: ${capped} bytes`);
   assert.ok(free > 4 * MB, `without them V8 grows it further: ${free} bytes`);
+});
+
+Deno.test("runtimeEnv: glibc's arena cap, seen by a child started with it", async () => {
+  assert.deepEqual(RELAY_ENV, { MALLOC_ARENA_MAX: "2" });
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "console.log(Deno.env.get('MALLOC_ARENA_MAX'))"],
+    env: runtimeEnv(),
+    stdout: "piped",
+  }).output();
+  assert.equal(out.code, 0);
+  assert.equal(new TextDecoder().decode(out.stdout), "2\n");
 });
