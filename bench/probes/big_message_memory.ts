@@ -10,6 +10,7 @@
  *
  *     deno task bench:big-message                       # 25 MiB, 3 runs, smtp and gmail-api
  *     deno task bench:big-message --size 5242880 --runs 1 --transport smtp
+ *     deno task bench:big-message --env MALLOC_MMAP_THRESHOLD_=131072
  * @module
  */
 import { parseArgs } from "node:util";
@@ -17,7 +18,7 @@ import { Child } from "../child.ts";
 import { cpuS, lightHash, relayTarget, STATE_ROOT } from "../run.ts";
 import { buildMessage, runLoad } from "../loadgen.ts";
 import { BENCH_PASSWORD, BENCH_RECIPIENT, benchAccount } from "../fixtures.ts";
-import { runtimeFlags } from "../../src/runtime_flags.ts";
+import { runtimeEnv, runtimeFlags } from "../../src/runtime_flags.ts";
 
 const MB = 1024 * 1024;
 const { values } = parseArgs({
@@ -25,12 +26,19 @@ const { values } = parseArgs({
     size: { type: "string", default: String(25 * MB) },
     runs: { type: "string", default: "3" },
     transport: { type: "string", multiple: true },
+    env: { type: "string", multiple: true },
   },
 });
 const size = Number(values.size);
 const runs = Number(values.runs);
 type Kind = "smtp" | "gmail-api" | "graph";
 const kinds = (values.transport ?? ["smtp", "gmail-api"]) as Kind[];
+// The relay's environment (src/runtime_flags.ts), with --env NAME=VALUE over it.
+const env = runtimeEnv();
+for (const kv of values.env ?? []) {
+  const at = kv.indexOf("=");
+  env[kv.slice(0, at)] = kv.slice(at + 1);
+}
 
 const sandbox = Child.spawn("sandbox", [
   "run",
@@ -48,18 +56,24 @@ try {
   const email = benchAccount(0).email;
   console.log(
     `Deno ${Deno.version.deno}; one ${f(size / MB, 1)} MiB message per run, ${runs} runs per ` +
-      `transport; relay flags ${runtimeFlags().join(" ") || "(none)"}`,
+      `transport; relay flags ${runtimeFlags().join(" ") || "(none)"}, environment ` +
+      Object.entries(env).map(([k, v]) => `${k}=${v}`).join(" "),
   );
   for (const kind of kinds) {
-    const relay = Child.spawn(`relay ${kind}`, [
-      "run",
-      "--allow-net=127.0.0.1,localhost",
-      `--allow-read=${STATE_ROOT}`,
-      `--allow-write=${STATE_ROOT}`,
-      "--v8-flags=--expose-gc",
-      ...runtimeFlags(),
-      "bench/relay_process.ts",
-    ], "null");
+    const relay = Child.spawn(
+      `relay ${kind}`,
+      [
+        "run",
+        "--allow-net=127.0.0.1,localhost",
+        `--allow-read=${STATE_ROOT}`,
+        `--allow-write=${STATE_ROOT}`,
+        "--v8-flags=--expose-gc",
+        ...runtimeFlags(),
+        "bench/relay_process.ts",
+      ],
+      "null",
+      env,
+    );
     children.push(relay);
     const stateDir = `${STATE_ROOT}/big-${kind}-${Date.now()}`;
     const a = benchAccount(0);
