@@ -47,10 +47,17 @@ export class Child {
   /**
    * Spawns `deno <denoArgs>` in the repository root. `stderr: "inherit"` shows the child's
    * logs; `"null"` discards them (the relay then still formats and writes every log line).
+   * `env` goes over the inherited environment.
    */
-  static spawn(name: string, denoArgs: string[], stderr: "inherit" | "null"): Child {
+  static spawn(
+    name: string,
+    denoArgs: string[],
+    stderr: "inherit" | "null",
+    env: Record<string, string> = {},
+  ): Child {
     const process = new Deno.Command(denoBinary(), {
       args: denoArgs,
+      env,
       cwd: REPO_ROOT,
       stdin: "piped",
       stdout: "piped",

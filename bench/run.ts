@@ -13,6 +13,7 @@ import { BENCH_CLIENT, BENCH_PASSWORD, BENCH_RECIPIENT, benchAccount } from "./f
 import { buildMessage, type Percentiles, runLoad, type Target } from "./loadgen.ts";
 import { newestProfile, type ProfileSummary, summarizeProfile } from "./profile.ts";
 import { fmt, median, type Side, type ThroughputRow, type Verdict } from "./report.ts";
+import { runtimeEnv, runtimeFlags } from "../src/runtime_flags.ts";
 
 /** Parsed command-line options. */
 export interface Options {
@@ -176,6 +177,8 @@ export async function startRelay(
     `--allow-write=${STATE_ROOT}`,
     // Exposes gc() to the control channel only (the leak check collects before measuring).
     "--v8-flags=--expose-gc",
+    // The relay's own V8 flags, as the launcher starts it (src/runtime_flags.ts).
+    ...runtimeFlags(),
   ];
   let profileDir: string | undefined;
   if (ctx.o.profile) {
@@ -183,7 +186,12 @@ export async function startRelay(
     args.push("--cpu-prof", `--cpu-prof-dir=${profileDir}`);
   }
   args.push("bench/relay_process.ts");
-  const child = Child.spawn(`relay ${name}`, args, ctx.o.verbose ? "inherit" : "null");
+  const child = Child.spawn(
+    `relay ${name}`,
+    args,
+    ctx.o.verbose ? "inherit" : "null",
+    runtimeEnv(),
+  );
   ctx.children.add(child);
   const provider = {
     type: "sandbox",

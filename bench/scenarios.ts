@@ -40,6 +40,8 @@ export interface LeakFacts {
   after: Rest;
   peak: number;
   rssAfterRuns: number[];
+  /** Relay A's peak RSS during each 50-session persistent load run (1, or 6's own), MB. */
+  peakAtLoad: number[];
 }
 
 /** What scenario 6 measured with many upstream connections open. */
@@ -66,6 +68,7 @@ export async function relayAScenarios(
   });
   const baseline = await atRest(relay, 1000, true);
   const rssAfterRuns: number[] = [];
+  const peakAtLoad: number[] = [];
   const base: Shape = {
     accounts: scale.accountsA,
     sessions: scale.sessions,
@@ -77,6 +80,7 @@ export async function relayAScenarios(
   if (o.scenarios.has(1)) {
     const r = await relayVsDirect(ctx, relay, base, "1 persistent");
     rssAfterRuns.push(...r.relay.map((s) => s.relayRssMB ?? NaN));
+    peakAtLoad.push(...r.relay.map((s) => s.relayPeakRssMB ?? NaN));
     const x = row("1 persistent", r.relay, r.direct);
     reports.push({
       id: 1,
@@ -193,7 +197,9 @@ export async function relayAScenarios(
     if (!o.scenarios.has(1) && !o.scenarios.has(2) && !o.scenarios.has(3)) {
       for (let run = 0; run < o.runs; run++) {
         progress(`6 memory: load run ${run + 1}/${o.runs} for the leak check`);
-        rssAfterRuns.push((await measure(ctx, relay, base)).relayRssMB ?? NaN);
+        const side = await measure(ctx, relay, base);
+        rssAfterRuns.push(side.relayRssMB ?? NaN);
+        peakAtLoad.push(side.relayPeakRssMB ?? NaN);
       }
     }
   }
@@ -201,7 +207,7 @@ export async function relayAScenarios(
   if (o.scenarios.has(6)) {
     const after = await atRest(relay, scale.restMs, true);
     const life = await relay.child.stats();
-    leak = { baseline, after, peak: life.maxRssBytes / MB, rssAfterRuns };
+    leak = { baseline, after, peak: life.maxRssBytes / MB, rssAfterRuns, peakAtLoad };
   }
   await stopRelay(ctx, relay);
   return leak;
@@ -315,6 +321,7 @@ async function manyConnections(ctx: Ctx, relay: RelayProc): Promise<ConnectionsR
   await relay.child.request("mark");
   let maxUpstream = 0;
   let rssAtMax = 0;
+  let heapAtMax = { used: 0, total: 0 };
   let peakRss = 0;
   let sampling = true;
   const sampler = (async () => {
@@ -324,7 +331,10 @@ async function manyConnections(ctx: Ctx, relay: RelayProc): Promise<ConnectionsR
       peakRss = Math.max(peakRss, stats.peakRssBytes / MB);
       if (up >= maxUpstream) {
         maxUpstream = up;
-        rssAtMax = Math.max(rssAtMax, stats.rssBytes / MB);
+        if (stats.rssBytes / MB >= rssAtMax) {
+          rssAtMax = stats.rssBytes / MB;
+          heapAtMax = { used: stats.heapUsedBytes / MB, total: stats.heapTotalBytes / MB };
+        }
       }
       await sleep(250);
     }
@@ -357,8 +367,10 @@ async function manyConnections(ctx: Ctx, relay: RelayProc): Promise<ConnectionsR
       `${
         fmt(want)
       } client sessions (${scale.cap} per account), provider reply delay ${scale.memDelayMs} ms`,
-      `peak ${fmt(maxUpstream)} upstream connections open; RSS ${fmt(rssAtMax)} MB then ` +
-      `(peak ${fmt(peakRss)} MB)`,
+      `peak ${fmt(maxUpstream)} upstream connections open; RSS ${fmt(rssAtMax)} MB then, of ` +
+      `it V8 heap ${fmt(heapAtMax.used)} MB used of ${fmt(heapAtMax.total)} (peak ${
+        fmt(peakRss)
+      } MB)`,
     ],
     [
       "clients gone, upstream connections still pooled",
@@ -374,7 +386,7 @@ async function manyConnections(ctx: Ctx, relay: RelayProc): Promise<ConnectionsR
         `${fmt(idleRss)} MB with ${fmt(idleUpstream)} idle`,
       maxUpstream >= 3000 && rssAtMax <= 200,
     ),
-    run: { side, maxUpstream, rssAtMax, peakRss, idleRss, idleUpstream },
+    run: { side, maxUpstream, rssAtMax, heapAtMax, peakRss, idleRss, idleUpstream },
   };
 }
 
@@ -505,11 +517,11 @@ export async function bigMessage(
     ],
     verdict: verdict(
       ctx,
-      "a 25 MB message relays with peak memory ≤ 3× its size",
+      "a 25 MB message relays with peak memory ≤ 2× its size",
       `peak − baseline = ${fmt(growth, 2)}× size (median +${fmt(growth * size)} MB for ${
         fmt(size, 1)
       } MB)`,
-      growth <= 3,
+      growth <= 2,
     ),
     runs,
   };
@@ -552,6 +564,17 @@ export function memoryReport(
         `(lifetime peak RSS ${fmt(leak.peak)} MB)`,
       ],
     );
+    if (leak.peakAtLoad.length > 0) {
+      const at50 = median(leak.peakAtLoad);
+      verdicts.push(verdict(
+        ctx,
+        `≤ 150 MB RSS under the ${ctx.scale.sessions}-session persistent load (relay A)`,
+        `peak ${fmt(at50)} MB (median; per run ${
+          leak.peakAtLoad.map((r) => fmt(r)).join(", ")
+        } MB); after warm-up ${fmt(leak.baseline.rss)} MB`,
+        at50 <= 150,
+      ));
+    }
     const grew = leak.after.rss - leak.baseline.rss;
     verdicts.push(verdict(
       ctx,

@@ -16,6 +16,7 @@
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { NO_PERMISSIONS, permissionFlags, type PermissionSet } from "./permissions.ts";
+import { runtimeEnv, runtimeFlags } from "./runtime_flags.ts";
 
 const MAIN = fileURLToPath(new URL("./main.ts", import.meta.url));
 
@@ -104,10 +105,17 @@ async function probe(args: readonly string[], config: string): Promise<Uint8Arra
   return 2;
 }
 
-/** Runs `deno <args>` with stdio inherited, forwarding signals; resolves to its status. */
-export async function runForwarding(args: readonly string[]): Promise<number> {
+/**
+ * Runs `deno <args>` with stdio inherited (and `env` over the inherited environment),
+ * forwarding signals; resolves to its status.
+ */
+export async function runForwarding(
+  args: readonly string[],
+  env: Record<string, string> = {},
+): Promise<number> {
   const child = new Deno.Command(Deno.execPath(), {
     args: [...args],
+    env,
     stdin: "inherit",
     stdout: "inherit",
     stderr: "inherit",
@@ -176,7 +184,8 @@ export async function launch(args: readonly string[]): Promise<number> {
   }
   const set = await derivePermissions(command, rest);
   if (typeof set === "number") return set;
-  return await runForwarding(["run", ...permissionFlags(set), MAIN, LAUNCHED_FLAG, ...args]);
+  const run = ["run", ...runtimeFlags(), ...permissionFlags(set), MAIN, LAUNCHED_FLAG, ...args];
+  return await runForwarding(run, runtimeEnv());
 }
 
 if (import.meta.main) {
