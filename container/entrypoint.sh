@@ -73,6 +73,9 @@ case "$out" in
     ;;
 esac
 
-# $out is the flag list (no spaces inside a flag: paths with spaces are not supported).
+# The relay's V8 flag and allocator setting, as src/runtime_flags.ts gives `deno task start`
+# (docs/memory.md: what they save). $out is the flag list (no spaces inside a flag: paths
+# with spaces are not supported).
+export MALLOC_ARENA_MAX=2
 # shellcheck disable=SC2086
-exec $DENO $RUN $out /app/src/main.ts "$cmd" "$@"
+exec $DENO $RUN --v8-flags=--max-semi-space-size=2 $out /app/src/main.ts "$cmd" "$@"

@@ -19,6 +19,8 @@ import { NO_PERMISSIONS, permissionFlags, type PermissionSet } from "./permissio
 import { runtimeEnv, runtimeFlags } from "./runtime_flags.ts";
 
 const MAIN = fileURLToPath(new URL("./main.ts", import.meta.url));
+/** The module each `--workers` worker runs (see src/workers.ts). */
+const WORKER_ENTRY = fileURLToPath(new URL("./workers_entry.ts", import.meta.url));
 
 /** Commands that get their permissions from the config (or the command line, `status`). */
 const DERIVED = new Set(["serve", "check", "status", "authorize"]);
@@ -148,9 +150,20 @@ function signalNumber(signal: Deno.Signal): number {
   return numbers[signal] ?? 0;
 }
 
-/** `deno compile` with the serve permissions of the config named in `rest`. */
+/**
+ * `deno compile` with the serve permissions of the config named in `rest`, the relay's V8
+ * flags, and the worker module (`--workers` loads it by URL, so it is no static import).
+ */
 export function compileArgs(set: PermissionSet, output = COMPILE_OUTPUT): string[] {
-  return ["compile", ...permissionFlags(set), "--output", output, MAIN];
+  return [
+    "compile",
+    ...permissionFlags(set),
+    ...runtimeFlags(),
+    `--include=${WORKER_ENTRY}`,
+    "--output",
+    output,
+    MAIN,
+  ];
 }
 
 /** Runs the launcher; resolves to the exit status. */

@@ -249,6 +249,10 @@ Deno.test("container image: built from Debian packages, relays through a publish
         argv.join(" "),
       );
       assert.ok(argv.includes("--allow-write=/var/lib/smtp-relay"), argv.join(" "));
+      // The relay's memory settings, as `deno task start` gives them (src/runtime_flags.ts).
+      assert.ok(argv.includes("--v8-flags=--max-semi-space-size=2"), argv.join(" "));
+      const environ = (await podman(["exec", relayName, "cat", "/proc/1/environ"])).stdout;
+      assert.ok(environ.split("\0").includes("MALLOC_ARENA_MAX=2"), "MALLOC_ARENA_MAX");
       // Exactly the variables it needs: the admin token (the config reads none here).
       assert.ok(argv.includes("--allow-env=RELAY_ADMIN_TOKEN"), argv.join(" "));
       assert.deepEqual(argv.slice(-8), [

@@ -299,8 +299,14 @@ async function runCompile(words: string[], w: World): Promise<void> {
   const compile = shellWords(line);
   assert.deepEqual(compile.slice(0, 3), ["deno", "compile", "--no-prompt"]);
   assert.deepEqual(compile.slice(-3), ["--output", "smtp-oauth2-relay", MAIN]);
-  const flags = compile.slice(2, -3);
-  assert.ok(flags.every((f) => f === "--no-prompt" || /^--allow-(net|read|write|env)=/.test(f)));
+  const flags = compile.slice(2, -3).filter((f) => !f.startsWith("--include="));
+  assert.ok(flags.includes("--v8-flags=--max-semi-space-size=2"), line);
+  assert.ok(compile.some((f) => /^--include=.*\/src\/workers_entry\.ts$/.test(f)), line);
+  assert.ok(
+    flags.every((f) =>
+      f === "--no-prompt" || /^--allow-(net|read|write|env)=/.test(f) || f.startsWith("--v8-flags=")
+    ),
+  );
   // The binary cannot be built here (deno compile downloads denort); the same flags under
   // `deno run` must serve the config the binary is built for.
   await serveAndStop(["run", ...flags, MAIN, "--config", w.config], w);

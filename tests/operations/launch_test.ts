@@ -100,7 +100,10 @@ Deno.test("deno task start --host 0.0.0.0 serves, with the derived set; permissi
     assert.equal(compile.code, 0, compile.stderr);
     assert.equal(
       compile.stdout,
-      `deno compile ${plain.stdout.trim()} --output smtp-oauth2-relay ${MAIN}\n`,
+      `deno compile ${plain.stdout.trim()} --v8-flags=--max-semi-space-size=2 ` +
+        `--include=${
+          MAIN.replace(/main\.ts$/, "workers_entry.ts")
+        } --output smtp-oauth2-relay ${MAIN}\n`,
     );
   } finally {
     await relay.close();
