@@ -40,11 +40,11 @@ export function graphApi(settings: Extract<TransportSettings, { kind: "graph" }>
       if (base64Length(bytes) <= limit) return undefined;
       return reply(552, "5.3.4", `Message too big for ${NAME} (${limitText})`);
     },
-    request(user, prefix, raw) {
+    request(user, prefix, message) {
       return {
         url: url(user),
         headers: { "content-type": "text/plain" },
-        body: base64Of(prefix, raw),
+        body: base64Of(prefix, message.bytes()),
       };
     },
     probe(user) {

@@ -16,7 +16,7 @@ import {
   type UpstreamResult,
 } from "./pool.ts";
 import type { ConnectionPermits } from "./permits.ts";
-import { bccLine, envelopePlan } from "./mime.ts";
+import { bccLine, envelopePlan, headerLength } from "./mime.ts";
 import type { Transport, TransportObserver } from "./transport.ts";
 
 /** Longest wait for one HTTPS answer, ms. */
@@ -54,8 +54,8 @@ export interface HttpApi {
   readonly name: string;
   /** The refusal for a message of `bytes` (with its Bcc line), if too big to send. */
   tooBig(bytes: number): Reply | undefined;
-  /** The send request for the message `prefix` + `raw` of mailbox `user`. */
-  request(user: string, prefix: Uint8Array, raw: Uint8Array): ApiRequest;
+  /** The send request for the message `prefix` + `message` of mailbox `user`. */
+  request(user: string, prefix: Uint8Array, message: Payload): ApiRequest;
   /** A request that sends nothing (an empty message) but needs a working token. */
   probe(user: string): ApiRequest;
   /** The reply for a successful answer (`body` read as text). */
@@ -129,23 +129,24 @@ export class HttpTransport implements Transport {
     // An API request needs the whole message: it waits for the client's final dot. A body
     // that never completes (client gone, over the size limit) is never sent.
     message.body.want(); // the client may send its body now (no upstream 354 to wait for)
-    let raw: Uint8Array;
+    let payload: Payload;
     try {
-      raw = await message.body.bytes();
+      payload = new Payload(await message.body.parts());
     } catch {
       return { kind: "abandoned", endSent: false };
     }
     if (signal?.aborted) return { kind: "abandoned", endSent: false };
-    const plan = envelopePlan(raw, message.to);
+    const header = payload.header();
+    const plan = envelopePlan(header, message.to);
     if (!plan.ok) {
       return { kind: "rejected", reply: strangersReply(this.#api.name, plan.strangers) };
     }
-    const prefix = bccLine(plan.bcc, raw);
-    const tooBig = this.#api.tooBig(prefix.length + raw.length);
+    const prefix = bccLine(plan.bcc, header);
+    const tooBig = this.#api.tooBig(prefix.length + payload.length);
     if (tooBig) return { kind: "rejected", reply: tooBig };
     const held = this.#held();
     if (held) return held;
-    const request = this.#api.request(this.#options.user, prefix, raw);
+    const request = this.#api.request(this.#options.user, prefix, payload);
     return await this.#exchange(request, message);
   }
 
@@ -370,6 +371,72 @@ export function retryAfter(value: string | null, now = Date.now()): number | und
 /** `2026-11-29T01:02:03Z`, rounded up to the second. */
 export function isoSeconds(ms: number): string {
   return new Date(Math.ceil(ms / 1000) * 1000).toISOString().replace(".000Z", "Z");
+}
+
+/** How much of a message is joined to find the end of its header before all of it is. */
+const HEADER_SEARCH_BYTES = 64 * 1024;
+
+/**
+ * A message for an API request: the chunks as the client sent them, joined only when a
+ * request needs one buffer (the JSON forms), so a large upload (a `Blob` of the parts)
+ * holds the message once besides what fetch keeps (`deno task bench:fetch-body`).
+ */
+export class Payload {
+  /** The chunks, in order. */
+  readonly parts: readonly Uint8Array[];
+  /** Total bytes. */
+  readonly length: number;
+  #whole?: Uint8Array;
+
+  /** `parts` are kept, not copied. */
+  constructor(parts: readonly Uint8Array[]) {
+    this.parts = parts;
+    this.length = parts.reduce((n, p) => n + p.length, 0);
+  }
+
+  /** A payload of one buffer. */
+  static of(bytes: Uint8Array): Payload {
+    return new Payload([bytes]);
+  }
+
+  /** The whole message in one buffer (joined at the first call, then kept). */
+  bytes(): Uint8Array {
+    if (this.parts.length === 1) return this.parts[0];
+    return this.#whole ??= join(this.parts, this.length);
+  }
+
+  /**
+   * The header block (up to and including its empty line), or the whole message when it
+   * has no body: what the envelope checks read. Only the first chunks are joined for it
+   * unless the header runs past {@link HEADER_SEARCH_BYTES}.
+   */
+  header(): Uint8Array {
+    const first: Uint8Array[] = [];
+    let n = 0;
+    for (const p of this.parts) {
+      if (n >= HEADER_SEARCH_BYTES) break;
+      first.push(p);
+      n += p.length;
+    }
+    if (n < this.length) {
+      const head = first.length === 1 ? first[0] : join(first, n);
+      // Not found there (or ending exactly at its end): search the whole message.
+      const end = headerLength(head);
+      if (end < head.length) return head.subarray(0, end);
+    }
+    const whole = this.bytes();
+    return whole.subarray(0, headerLength(whole));
+  }
+}
+
+function join(parts: readonly Uint8Array[], length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** base64 of `prefix` + `raw` without copying `raw` (the prefix is a multiple of 3 bytes). */

@@ -13,7 +13,7 @@ import {
   headerRecipients,
   parseAddressList,
 } from "../../src/upstream/mime.ts";
-import { base64Of } from "../../src/upstream/http_transport.ts";
+import { base64Of, Payload } from "../../src/upstream/http_transport.ts";
 import { GRAPH_MAX_REQUEST_BYTES, graphApi } from "../../src/upstream/graph.ts";
 import { GMAIL_MAX_MESSAGE_BYTES, gmailApi } from "../../src/upstream/gmail_api.ts";
 
@@ -123,11 +123,52 @@ Deno.test("size limits are decided before sending: Graph 4 MiB of base64, Gmail 
   // Raw below the threshold, media upload above it.
   const none = new Uint8Array(0);
   assert.equal(
-    gmail.request("u@x.test", none, new Uint8Array(1024)).url,
+    gmail.request("u@x.test", none, Payload.of(new Uint8Array(1024))).url,
     "https://gmail.example/gmail/v1/users/u%40x.test/messages/send",
   );
   assert.equal(
-    gmail.request("u@x.test", none, new Uint8Array(1025)).url,
+    gmail.request("u@x.test", none, Payload.of(new Uint8Array(1025))).url,
     "https://gmail.example/upload/gmail/v1/users/u%40x.test/messages/send?uploadType=media",
+  );
+});
+
+Deno.test("Payload.header: the header block across chunks, past the first 64 KiB, or the whole message without a body", () => {
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  const message = "To: a@x.test\r\nCc: b@x.test\r\nSubject: s\r\n\r\nbody\r\n.line\r\n";
+  const headerEnd = message.indexOf("\r\n\r\n") + 4;
+  const whole = enc(message);
+  // Every split into two chunks, including inside the empty line.
+  for (let cut = 1; cut < whole.length; cut++) {
+    const p = new Payload([whole.slice(0, cut), whole.slice(cut)]);
+    assert.equal(text(p.header()), message.slice(0, headerEnd), `cut at ${cut}`);
+    assert.equal(p.length, whole.length);
+    assert.equal(text(p.bytes()), message);
+  }
+  // A header longer than the first joined 64 KiB: found in the whole message.
+  const long = `X-Long: ${"a".repeat(70_000)}\r\nTo: c@x.test\r\n\r\nbody\r\n`;
+  const chunks = Array.from({ length: 10 }, (_, i) => enc(long.slice(i * 8_000, (i + 1) * 8_000)));
+  const lp = new Payload(chunks.filter((c) => c.length > 0));
+  assert.equal(text(lp.header()), long.slice(0, long.indexOf("\r\n\r\n") + 4));
+  assert.deepEqual(headerRecipients(lp.header()), ["c@x.test"]);
+  // No empty line at all: the whole message is header, as headerLength says.
+  const bare = "To: d@x.test\r\nSubject: none\r\n";
+  const bp = new Payload([enc(bare.slice(0, 5)), enc(bare.slice(5))]);
+  assert.equal(text(bp.header()), bare);
+});
+
+Deno.test("Gmail API uploads above mediaAbove are a Blob of the chunks with the Bcc line in front", async () => {
+  const gmail = gmailApi({
+    kind: "gmail-api",
+    apiUrl: "https://gmail.example",
+    maxMessageBytes: GMAIL_MAX_MESSAGE_BYTES,
+    mediaAbove: 16,
+  });
+  const parts = [enc("To: a@x.test\r\n\r\n"), enc("body one\r\n"), enc("body two\r\n")];
+  const prefix = bccLine(["b@x.test"], parts[0]);
+  const request = gmail.request("u@x.test", prefix, new Payload(parts));
+  assert.ok(request.body instanceof Blob);
+  assert.equal(
+    await (request.body as Blob).text(),
+    new TextDecoder().decode(prefix) + "To: a@x.test\r\n\r\nbody one\r\nbody two\r\n",
   );
 });
