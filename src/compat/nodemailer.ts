@@ -114,6 +114,8 @@ interface InternalPool {
     callback: (err: Error | null, info: SMTPPoolSentMessageInfo) => void,
   ): boolean;
   _connections: InternalResource[];
+  /** The pool's options; `maxConnections` is read each time it considers a new connection. */
+  options: { maxConnections: number };
 }
 
 /** A pool resource (`lib/smtp-pool/pool-resource`): one pooled connection. */
@@ -278,6 +280,24 @@ function sizeLimit(pool: InternalPool, mail: InternalMail): number | undefined {
   const resource = pool._connections.find((r) => r.queueEntry && r.queueEntry.mail === mail);
   const limit = resource?.connection?._maxAllowedSize;
   return typeof limit === "number" && limit > 0 ? limit : undefined;
+}
+
+/**
+ * Sets how many connections the pool may have (nodemailer reads `maxConnections` each time
+ * it considers opening one; those it has stay). `undefined`: as many as it has now, at
+ * least 1 — queued messages then wait for the existing connections instead of a new one.
+ * Returns the bound set.
+ */
+export function boundConnections(transport: PoolTransport, max?: number): number {
+  const pool = internalPool(transport);
+  const bound = Math.max(1, max ?? pool._connections.length);
+  pool.options.maxConnections = bound;
+  return bound;
+}
+
+/** How many connections the pool may have now (see {@link boundConnections}). */
+export function connectionBound(transport: PoolTransport): number {
+  return internalPool(transport).options.maxConnections;
 }
 
 /**
@@ -507,6 +527,9 @@ export async function checkNodemailer(
       throw missing("SMTPPool#getSocket (the getSocket option) is not used");
     }
     if (!Array.isArray(pool._connections)) throw missing("SMTPPool#_connections is not an array");
+    if ((pool as { options?: { maxConnections?: unknown } }).options?.maxConnections !== 1) {
+      throw missing("SMTPPool#options.maxConnections (the maxConnections option) is not kept");
+    }
 
     const step = async <T>(name: string, run: () => Promise<T>): Promise<T> => {
       let timer: ReturnType<typeof setTimeout> | undefined;

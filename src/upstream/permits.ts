@@ -18,6 +18,11 @@ export interface Permit {
    * lease's length); {@link LocalPermits} never takes a permit away.
    */
   readonly revoked: AbortSignal;
+  /**
+   * True when the cap was full when this permit was asked for (it came after a wait): the
+   * holder then knows more connections would only wait too.
+   */
+  readonly contended?: boolean;
 }
 
 /** Hands out connection permits per account. */
@@ -70,13 +75,13 @@ export class LocalPermits implements ConnectionPermits {
     const state = this.#state(account);
     if (state.queue.length === 0 && state.held < this.#capOf(account)) {
       state.held++;
-      return Promise.resolve(this.#permit(account));
+      return Promise.resolve(this.#permit(account, false));
     }
     return new Promise<Permit>((resolve, reject) => {
       const waiter: Waiter = {
         grant: () => {
           signal?.removeEventListener("abort", onAbort);
-          resolve(this.#permit(account));
+          resolve(this.#permit(account, true));
         },
       };
       const onAbort = () => {
@@ -110,10 +115,11 @@ export class LocalPermits implements ConnectionPermits {
     return state;
   }
 
-  #permit(account: string): Permit {
+  #permit(account: string, contended: boolean): Permit {
     let released = false;
     return {
       revoked: NEVER,
+      contended,
       release: () => {
         if (released) return;
         released = true;

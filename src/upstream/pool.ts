@@ -16,6 +16,8 @@ import type { NodemailerError } from "nodemailer";
 import { classEnhanced, formatReply, parseReply, type Reply, reply } from "../smtp/reply.ts";
 import type { UpstreamTls } from "../config/providers.ts";
 import {
+  boundConnections,
+  connectionBound,
   isAbort,
   MessageTooBig,
   type PoolTransport,
@@ -201,6 +203,15 @@ class TokenUnavailable extends Error {
 /** Default for {@link UpstreamTarget.permitWaitMs}: how long a message waits for a connection. */
 export const DEFAULT_PERMIT_WAIT_MS = 60_000;
 
+/**
+ * After a permit came only after a wait (the account's cap full, e.g. taken by other
+ * instances), the pool opens no further connections for this long: its messages queue for
+ * the connections it has. Otherwise each new connection nodemailer opens waits for a
+ * permit with a message bound to it, and the pool must QUIT an idle connection to free
+ * one (a reconnect per message). Then the pool may try for more again.
+ */
+export const CONTENDED_HOLD_MS = 5_000;
+
 /** The pooled upstream of one account. */
 export class UpstreamPool {
   readonly #transport: PoolTransport;
@@ -210,6 +221,8 @@ export class UpstreamPool {
   readonly #waits = new Set<AbortController>();
   #open = 0;
   #closed = false;
+  /** Set while the pool keeps to the connections it has ({@link CONTENDED_HOLD_MS}). */
+  #holdTimer?: ReturnType<typeof setTimeout>;
 
   /**
    * Creates the pool; connections open on demand, each under a permit from `permits`
@@ -379,6 +392,7 @@ export class UpstreamPool {
    */
   close(): void {
     this.#closed = true;
+    clearTimeout(this.#holdTimer);
     this.#transport.close();
     for (const wait of [...this.#waits]) wait.abort(new Error("upstream pool closed"));
   }
@@ -413,6 +427,7 @@ export class UpstreamPool {
           permit.release();
           return callback(new Error("upstream pool closed"));
         }
+        if (permit.contended) this.#keepToConnections();
         openSocket(target, permit, observer, (err, socket) => {
           if (err || !socket) return callback(err ?? new Error("connection failed"));
           // nodemailer's connection deadline started before the wait: move it past it.
@@ -424,6 +439,22 @@ export class UpstreamPool {
         callback(err instanceof Error ? err : new Error(String(err)));
       },
     );
+  }
+
+  /** The cap was full: open no more connections than now for {@link CONTENDED_HOLD_MS}. */
+  #keepToConnections(): void {
+    boundConnections(this.#transport);
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = setTimeout(() => {
+      this.#holdTimer = undefined;
+      if (!this.#closed) boundConnections(this.#transport, this.#target.maxConnections);
+    }, CONTENDED_HOLD_MS);
+    Deno.unrefTimer(this.#holdTimer);
+  }
+
+  /** Connections this pool may have now: `maxConnections`, less while the cap is contended. */
+  get connectionBound(): number {
+    return connectionBound(this.#transport);
   }
 
   /** QUITs idle connections, one per permit wait at most, so their permits move on. */

@@ -81,6 +81,8 @@ interface Held {
 }
 
 interface Waiter {
+  /** Set once Redis answered "full" while this waiter was queued. */
+  contended?: boolean;
   readonly account: string;
   readonly signal?: AbortSignal;
   resolve(p: Permit): void;
@@ -225,9 +227,10 @@ export class RedisPermits implements ConnectionPermits {
             this.#remove(account, member);
             continue;
           }
-          head.resolve(this.#permit(account, member));
+          head.resolve(this.#permit(account, member, head.contended === true));
           continue;
         }
+        for (const w of this.#waiting.get(account) ?? []) w.contended = true;
         await this.#sleep(account);
       }
     } finally {
@@ -252,7 +255,7 @@ export class RedisPermits implements ConnectionPermits {
 
   readonly #wakers = new Map<string, Set<() => void>>();
 
-  #permit(account: string, member: string): Permit {
+  #permit(account: string, member: string, contended: boolean): Permit {
     let held = this.#held.get(account);
     if (!held) this.#held.set(account, held = new Map());
     if (held.size === 0) this.#renewedAt.set(account, Date.now());
@@ -261,6 +264,7 @@ export class RedisPermits implements ConnectionPermits {
     let released = false;
     return {
       revoked: entry.revoke.signal,
+      contended,
       release: () => {
         if (released) return;
         released = true;

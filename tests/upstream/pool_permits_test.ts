@@ -224,6 +224,41 @@ Deno.test("two pools of one account sharing the permits never exceed the cap tog
   }
 });
 
+Deno.test("a pool that had to wait for the shared cap keeps to its connections instead of reconnecting per message", async () => {
+  const { sandbox, tokens } = await sandboxWithToken();
+  sandbox.smtpFaults.maxConnectionsPerUser = 3;
+  const permits = new LocalPermits(3);
+  // Idle connections stay pooled (and keep their permits) for the whole test.
+  const t = target(sandbox.smtpPort, sandbox.ca, { maxConnections: 3, idleTimeoutMs: 30_000 });
+  const a = new UpstreamPool(t, tokens, undefined, permits);
+  const b = new UpstreamPool(t, tokens, undefined, permits);
+  const server = sampleServer(sandbox);
+  try {
+    // Both busy at once, four rounds: together they want 6 connections, the cap is 3.
+    for (let round = 0; round < 4; round++) {
+      const results = await Promise.all(
+        Array.from({ length: 24 }, (_, i) => (i % 2 ? a : b).send(message)),
+      );
+      assert.deepEqual(kinds(results), Array(24).fill("sent"));
+    }
+    assert.equal(sandbox.received.length, 96);
+    assert.ok(server.stop() <= 3, "the sandbox saw more than 3 connections at once");
+    const opened = sandbox.stats.smtp.connections;
+    assert.ok(opened <= 8, `${opened} connections opened for 96 messages`);
+    // A pool that waited keeps to the connections it had (fewer than its 3).
+    assert.ok(
+      a.connectionBound < 3 || b.connectionBound < 3,
+      `${a.connectionBound} ${b.connectionBound}`,
+    );
+  } finally {
+    server.stop();
+    a.close();
+    b.close();
+    assert.ok(await until(() => permits.held(USER) === 0), "permits still held after close");
+    await sandbox.close();
+  }
+});
+
 Deno.test("closing a pool with messages waiting for a permit leaves nothing held or waiting", async () => {
   const { sandbox, tokens } = await sandboxWithToken();
   const permits = new LocalPermits(1);
