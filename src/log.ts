@@ -17,13 +17,24 @@ import {
 /** `auto`: pretty on a terminal, JSON lines when stderr is a file or pipe. */
 export type LogFormat = "auto" | "pretty" | "json";
 
-/** Configures the root logger; call once at start-up. Logs go to stderr. */
-export async function setupLogging(format: LogFormat, level: LogLevel = "info"): Promise<void> {
+/**
+ * Configures the root logger; call once at start-up. Logs go to stderr. `fields` are added
+ * to every record's properties (a worker's number under `--workers`).
+ */
+export async function setupLogging(
+  format: LogFormat,
+  level: LogLevel = "info",
+  fields: Record<string, unknown> = {},
+): Promise<void> {
   const pretty = format === "pretty" || (format === "auto" && Deno.stderr.isTerminal());
+  const sink = stderrSink(pretty ? ansiColorFormatter : jsonLinesFormatter);
   await configure({
     reset: true,
     sinks: {
-      stderr: stderrSink(pretty ? ansiColorFormatter : jsonLinesFormatter),
+      stderr: Object.keys(fields).length === 0
+        ? sink
+        : (record: LogRecord) =>
+          sink({ ...record, properties: { ...record.properties, ...fields } }),
     },
     loggers: [
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },

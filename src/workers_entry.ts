@@ -22,7 +22,8 @@ let relay: RunningRelay | undefined;
 async function handle(m: ToWorker): Promise<void> {
   switch (m.t) {
     case "start": {
-      await setupLogging(m.logFormat, m.logLevel);
+      // Every line this worker logs says which worker it is (`"worker": N` in JSON).
+      await setupLogging(m.logFormat, m.logLevel, { worker: m.worker });
       try {
         relay = await startRelay(m.config, {
           http: false,

@@ -171,6 +171,10 @@ Deno.test("workers: --workers 2 -> both workers accept on one port, 30 messages 
     assert.equal(list.status, 200);
     const status = await list.json();
     assert.equal(status[0].account, account.email);
+    // Each worker's lines say which worker wrote them.
+    const lines = relay.log.split("\n").filter((l) => l.startsWith("{"));
+    const byWorker = new Set(lines.map((l) => JSON.parse(l).properties?.worker));
+    assert.ok(byWorker.has(1) && byWorker.has(2), `workers seen in the log: ${[...byWorker]}`);
     // No secret in the log.
     for (const secret of [PASSWORD, account.refreshToken, account.clientSecret]) {
       assert.ok(!relay.log.includes(secret), "a secret is in the log");
