@@ -157,6 +157,51 @@ export function message(ctx: Ctx, size: number): Uint8Array {
   return m;
 }
 
+/** What {@link relayConfig} varies. */
+export interface RelayConfigShape {
+  stateDir: string;
+  accounts: number;
+  maxConnections?: number;
+  passwordHash?: string;
+  smtpPort?: number;
+  /** `state` of the config (e.g. Redis); files under `stateDir` without it. */
+  state?: Record<string, unknown>;
+}
+
+/**
+ * The config of a relay under measurement: loopback listeners on free ports, the first
+ * `accounts` benchmark accounts on the sandbox provider, no per-IP cap.
+ */
+export function relayConfig(ctx: Ctx, shape: RelayConfigShape): Record<string, unknown> {
+  const provider = {
+    type: "sandbox",
+    tokenUrl: ctx.sandboxInfo.tokenUrl,
+    smtpHost: "localhost",
+    smtpPort: shape.smtpPort ?? ctx.sandboxInfo.smtpPort,
+  };
+  const { maxConnections } = shape;
+  return {
+    smtp: { host: "127.0.0.1", port: 0 },
+    http: { host: "127.0.0.1", port: 0 },
+    // Every load-generator session comes from 127.0.0.1: the per-IP cap would refuse them.
+    limits: { maxClients: 20_000, maxConnectionsPerIp: 20_000 },
+    stateDir: shape.stateDir,
+    ...(shape.state ? { state: shape.state } : {}),
+    accounts: Array.from({ length: shape.accounts }, (_, i) => {
+      const a = benchAccount(i);
+      return {
+        email: a.email,
+        provider,
+        clientId: a.clientId,
+        clientSecret: a.clientSecret,
+        refreshToken: a.refreshToken,
+        passwordHash: shape.passwordHash ?? ctx.passwordHash,
+        ...(maxConnections ? { maxConnections } : {}),
+      };
+    }),
+  };
+}
+
 /**
  * Starts a relay process for the first `accounts` benchmark accounts, with an optional
  * upstream cap and password hash.
@@ -193,31 +238,7 @@ export async function startRelay(
     runtimeEnv(),
   );
   ctx.children.add(child);
-  const provider = {
-    type: "sandbox",
-    tokenUrl: ctx.sandboxInfo.tokenUrl,
-    smtpHost: "localhost",
-    smtpPort,
-  };
-  const config = {
-    smtp: { host: "127.0.0.1", port: 0 },
-    http: { host: "127.0.0.1", port: 0 },
-    // Every load-generator session comes from 127.0.0.1: the per-IP cap would refuse them.
-    limits: { maxClients: 20_000, maxConnectionsPerIp: 20_000 },
-    stateDir,
-    accounts: Array.from({ length: accounts }, (_, i) => {
-      const a = benchAccount(i);
-      return {
-        email: a.email,
-        provider,
-        clientId: a.clientId,
-        clientSecret: a.clientSecret,
-        refreshToken: a.refreshToken,
-        passwordHash,
-        ...(maxConnections ? { maxConnections } : {}),
-      };
-    }),
-  };
+  const config = relayConfig(ctx, { stateDir, accounts, maxConnections, passwordHash, smtpPort });
   try {
     const ports = await child.request<{ smtpPort: number; httpPort: number }>(
       "start",

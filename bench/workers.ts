@@ -18,6 +18,7 @@ import {
   measure,
   MESSAGE_SIZE,
   progress,
+  relayConfig,
   type RelayProc,
   row,
   scrape,
@@ -28,7 +29,7 @@ import {
   verdict,
   warmRelay,
 } from "./run.ts";
-import { benchAccount } from "./fixtures.ts";
+import { runtimeEnv, runtimeFlags } from "../src/runtime_flags.ts";
 
 /** Accounts of the load (a fleet's hot path: tokens cached, pools warm). */
 const ACCOUNTS = 10;
@@ -164,42 +165,30 @@ async function startSetup(
   maxConnections?: number,
 ): Promise<RelayProc> {
   const stateDir = `${STATE_ROOT}/${name}-${Date.now()}`;
-  const child = Child.spawn(`relay ${name}`, [
-    "run",
-    "--allow-net=127.0.0.1,localhost",
-    // A worker loads the relay's modules itself (Deno checks those loads as reads).
-    `--allow-read=${STATE_ROOT},src/`,
-    `--allow-write=${STATE_ROOT}`,
-    "bench/workers_relay_process.ts",
-  ], ctx.o.verbose ? "inherit" : "null");
+  const child = Child.spawn(
+    `relay ${name}`,
+    [
+      "run",
+      "--allow-net=127.0.0.1,localhost",
+      // A worker loads the relay's modules itself (Deno checks those loads as reads).
+      `--allow-read=${STATE_ROOT},src/`,
+      `--allow-write=${STATE_ROOT}`,
+      // The relay's own V8 flags and environment, as the launcher starts it.
+      ...runtimeFlags(),
+      "bench/workers_relay_process.ts",
+    ],
+    ctx.o.verbose ? "inherit" : "null",
+    runtimeEnv(),
+  );
   ctx.children.add(child);
-  const provider = {
-    type: "sandbox",
-    tokenUrl: ctx.sandboxInfo.tokenUrl,
-    smtpHost: "localhost",
-    smtpPort: ctx.sandboxInfo.smtpPort,
-  };
-  const config = {
-    smtp: { host: "127.0.0.1", port: 0 },
-    http: { host: "127.0.0.1", port: 0 },
-    limits: { maxClients: 20_000, maxConnectionsPerIp: 20_000 },
+  const config = relayConfig(ctx, {
     stateDir,
+    accounts: ACCOUNTS,
+    maxConnections,
     ...(redis
       ? { state: { redis: { url: `redis://127.0.0.1:${redis.port}`, keyPrefix: redis.prefix } } }
       : {}),
-    accounts: Array.from({ length: ACCOUNTS }, (_, i) => {
-      const a = benchAccount(i);
-      return {
-        email: a.email,
-        provider,
-        clientId: a.clientId,
-        clientSecret: a.clientSecret,
-        refreshToken: a.refreshToken,
-        passwordHash: ctx.passwordHash,
-        ...(maxConnections ? { maxConnections } : {}),
-      };
-    }),
-  };
+  });
   try {
     const ports = await child.request<{ smtpPort: number; httpPort: number }>(
       "start",

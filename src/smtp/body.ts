@@ -141,15 +141,7 @@ export class MessageBody {
     await this.#settled;
     if (this.#failure) throw this.#failure;
     if (this.#chunks.length === 1) return this.#chunks[0];
-    if (this.#whole) return this.#whole;
-    const out = new Uint8Array(this.#length);
-    let at = 0;
-    for (const c of this.#chunks) {
-      out.set(c, at);
-      at += c.length;
-    }
-    this.#whole = out;
-    return out;
+    return this.#whole ??= concatChunks(this.#chunks, this.#length);
   }
 
   #notify(): void {
@@ -158,4 +150,15 @@ export class MessageBody {
     this.#waiters = [];
     for (const w of waiters) w();
   }
+}
+
+/** `chunks` joined into one new buffer of `length` bytes (their total). */
+export function concatChunks(chunks: readonly Uint8Array[], length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
 }

@@ -8,6 +8,7 @@
  */
 import { Buffer } from "node:buffer";
 import { type Reply, reply } from "../smtp/reply.ts";
+import { concatChunks } from "../smtp/body.ts";
 import { clip } from "../text.ts";
 import {
   DEFAULT_PERMIT_WAIT_MS,
@@ -402,7 +403,7 @@ export class Payload {
   /** The whole message in one buffer (joined at the first call, then kept). */
   bytes(): Uint8Array {
     if (this.parts.length === 1) return this.parts[0];
-    return this.#whole ??= join(this.parts, this.length);
+    return this.#whole ??= concatChunks(this.parts, this.length);
   }
 
   /**
@@ -419,7 +420,7 @@ export class Payload {
       n += p.length;
     }
     if (n < this.length) {
-      const head = first.length === 1 ? first[0] : join(first, n);
+      const head = first.length === 1 ? first[0] : concatChunks(first, n);
       // Not found there (or ending exactly at its end): search the whole message.
       const end = headerLength(head);
       if (end < head.length) return head.subarray(0, end);
@@ -427,16 +428,6 @@ export class Payload {
     const whole = this.bytes();
     return whole.subarray(0, headerLength(whole));
   }
-}
-
-function join(parts: readonly Uint8Array[], length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** base64 of `prefix` + `raw` without copying `raw` (the prefix is a multiple of 3 bytes). */
